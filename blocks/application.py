@@ -1,0 +1,160 @@
+"""An application: where its code lives, which server runs it, and its services.
+
+Every value here may end up on a remote command line, so names, paths and refs are validated
+against strict patterns at the edge (and everything is still quoted when a command is built).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Literal
+
+from prefect.blocks.core import Block
+from prefect.blocks.fields import SecretDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from blocks.server import SSHServer
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+REF_PATTERN = re.compile(r"^(?!-)(?!.*\.\.)[A-Za-z0-9._/-]{1,200}$")
+REPOSITORY_PATTERN = re.compile(r"^(?!-)[A-Za-z0-9._~:/@%+=,-]{1,500}$")
+
+
+def check_ref(value: str) -> str:
+    """A git branch, tag or commit that is safe on a command line."""
+    if not REF_PATTERN.match(value):
+        raise ValueError(f"{value!r} is not a valid git ref (letters, digits, '._/-'; "
+                         "not starting with '-', no '..')")
+    return value
+
+
+def _relative_path(value: str) -> str:
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts or value.startswith("-"):
+        raise ValueError("must be a path inside the repository (relative, no '..')")
+    if any(ch in value for ch in "\n\r\t\0"):
+        raise ValueError("must not contain control characters")
+    return str(path)
+
+
+class HealthCheck(BaseModel):
+    """How to tell that a service is up: an HTTP request or a TCP connect, from the server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["http", "tcp"] = Field("http", description="`http` (GET `path`) or `tcp`.")
+    path: str = Field("/", pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:@/%?-]*$",
+                      description="HTTP path to GET (http only).")
+    expected_status: int = Field(200, ge=100, le=599, description="HTTP status that means healthy.")
+    timeout: float = Field(60.0, gt=0, le=3600,
+                           description="Seconds to keep probing before the check fails.")
+    interval: float = Field(0.5, gt=0, le=60, description="Seconds between probes.")
+
+
+class Service(BaseModel):
+    """One container of the application, built from a Dockerfile in the repository."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="Service name (lowercase, digits, '-').")
+    context: str = Field(".", description="Build context directory, relative to the repository.")
+    dockerfile: str = Field("Dockerfile", description="Dockerfile path, relative to the repository.")
+    container_port: int = Field(ge=1, le=65535, description="Port the service listens on inside.")
+    host_port: int = Field(ge=1, le=65535, description="Port published on the server.")
+    env: dict[str, str] = Field(default_factory=dict,
+                                description="Environment variables (not secret; shown in logs).")
+    health_check: HealthCheck = Field(default_factory=HealthCheck,
+                                      description="How to tell the service is healthy.")
+
+    @field_validator("context", "dockerfile")
+    @classmethod
+    def _inside_repository(cls, value: str) -> str:
+        return _relative_path(value)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        return _check_env(env)
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    for name, value in env.items():
+        if not re.match(ENV_NAME_PATTERN, name):
+            raise ValueError(f"{name!r} is not a valid environment variable name")
+        if "\n" in str(value) or "\0" in str(value):
+            raise ValueError(f"the value of {name} must be a single line")
+    return env
+
+
+class Application(Block):
+    """An application deploy-runs deploys: a git repository, a server and the services to run.
+
+    Usually written as a YAML app spec and saved with `deploy-runs apps add app.yaml`.
+
+    Example:
+        ```python
+        from blocks import Application, Service, SSHServer
+
+        Application(
+            name="hello",
+            repository="https://git.example.com/acme/hello.git",
+            branch="main",
+            server=SSHServer.load("prod-1"),
+            services=[Service(name="web", container_port=8080, host_port=80)],
+        ).save("hello")
+        ```
+    """
+
+    _block_type_name = "Deploy Runs Application"
+    _block_type_slug = "deploy-runs-application"
+    _description = "An application that deploy-runs deploys to a server over SSH and Docker."
+
+    name: str = Field(pattern=NAME_PATTERN, description="Application name (lowercase, digits, '-').")
+    repository: str = Field(description="Git repository URL the server clones from.")
+    branch: str = Field("main", description="Branch whose head is deployed when no ref is given.")
+    server: SSHServer = Field(description="The server the application is deployed to.")
+    services: list[Service] = Field(min_length=1, description="The services (containers) to run.")
+    secret_env: SecretDict = Field(
+        default_factory=lambda: SecretDict({}),
+        description=(
+            "Secret environment variables per service: {service: {NAME: value}}. "
+            "Written to the server in a 0600 env file; never logged or shown."
+        ),
+    )
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        if not REPOSITORY_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not a git repository URL deploy-runs accepts")
+        return value
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, value: str) -> str:
+        return check_ref(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Application:
+        names = [s.name for s in self.services]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"services: duplicate service name(s): {', '.join(dupes)}")
+        ports = [s.host_port for s in self.services]
+        taken = sorted({p for p in ports if ports.count(p) > 1})
+        if taken:
+            raise ValueError(f"services: host_port used twice: {', '.join(map(str, taken))}")
+        secrets = self.secret_env.get_secret_value()
+        for service, values in secrets.items():
+            if service not in names:
+                raise ValueError(f"secret_env: {service!r} is not a service of this application")
+            if not isinstance(values, dict):
+                raise ValueError(f"secret_env.{service}: expected a mapping NAME: value")
+            _check_env({k: str(v) for k, v in values.items()})
+        return self
+
+    def secrets_for(self, service: str) -> dict[str, str]:
+        values = self.secret_env.get_secret_value().get(service) or {}
+        return {name: str(value) for name, value in values.items()}

@@ -1,0 +1,73 @@
+"""The server an application is deployed to, reached over SSH."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr, field_validator
+
+_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+              "ecdsa-sha2-nistp521", "ssh-rsa")
+
+
+class SSHServer(Block):
+    """A server deploy-runs reaches over SSH, with its host key pinned.
+
+    Example:
+        ```python
+        from blocks import SSHServer
+
+        SSHServer(
+            host="203.0.113.10",
+            username="deploy",
+            private_key=open("/path/to/id_ed25519").read(),
+            host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...",
+        ).save("prod-1")
+        ```
+    """
+
+    _block_type_name = "Deploy Runs SSH Server"
+    _block_type_slug = "deploy-runs-ssh-server"
+    _description = "A server that deploy-runs deploys applications to, over SSH."
+
+    host: str = Field(description="Host name or IP address of the server.", min_length=1)
+    port: int = Field(22, ge=1, le=65535, description="SSH port of the server.")
+    username: str = Field(
+        "deploy", pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        description="User to log in as. A non-root user in the `docker` group is enough.",
+    )
+    private_key: SecretStr = Field(
+        description="Private key (OpenSSH or PEM text) used to log in. Never logged or shown."
+    )
+    host_key: str | None = Field(
+        None,
+        description=(
+            "The server's public host key, e.g. `ssh-ed25519 AAAA...` (as in known_hosts). "
+            "Connections to a server offering any other key are refused."
+        ),
+    )
+    accept_unknown_host_key: bool = Field(
+        False,
+        description=(
+            "Connect even when no host key is pinned (the offered key is logged). "
+            "Off by default: without a pinned key the connection is refused."
+        ),
+    )
+    connect_timeout: float = Field(
+        10.0, gt=0, le=300, description="Seconds to wait for the SSH connection to open."
+    )
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key_line(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = value.split()
+        if len(parts) < 2 or parts[0] not in _KEY_TYPES:
+            raise ValueError(
+                f"expected '<type> <base64>' with type one of {', '.join(_KEY_TYPES)}"
+            )
+        return f"{parts[0]} {parts[1]}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.username}@{self.host}:{self.port}"

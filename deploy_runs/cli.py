@@ -1,0 +1,232 @@
+"""The `deploy-runs` command: runs in the product's vocabulary, and what Prefect's CLI lacks."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+from deploy_runs.errors import DeployRunsError
+from deploy_runs.models import Run
+from deploy_runs.status import RunStatus
+from deploy_runs.view import render_run, render_runs
+
+app = typer.Typer(name="deploy-runs", no_args_is_help=True, rich_markup_mode="rich",
+                  help="Deploy applications over SSH and Docker; every deploy is a Prefect run.")
+apps_app = typer.Typer(no_args_is_help=True, help="Register and list applications.")
+sandbox_app = typer.Typer(no_args_is_help=True,
+                          help="Local target servers (real sshd + Docker engine) for demos and tests.")
+prefect_app = typer.Typer(no_args_is_help=True,
+                          help="The embedded local Prefect server (SQLite) and worker.")
+app.add_typer(apps_app, name="apps")
+app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(prefect_app, name="prefect")
+
+console = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Turn deploy-runs errors into a red message and exit code 2 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DeployRunsError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _client():
+    from deploy_runs.client import DeployRuns
+
+    return DeployRuns()
+
+
+def _print_json(value: Run | list[Run]) -> None:
+    if isinstance(value, list):
+        console.print_json(json.dumps([json.loads(r.model_dump_json()) for r in value]))
+    else:
+        console.print_json(value.model_dump_json())
+
+
+def follow(run: Run, poll_interval: float = 0.3) -> Run:
+    """Show the run's steps updating live until it ends."""
+    client = _client()
+    with Live(render_run(run), console=console, refresh_per_second=8) as live:
+        while not run.status.is_final:
+            time.sleep(poll_interval)
+            run = client.get_run(run.id)
+            live.update(render_run(run))
+    return run
+
+
+@app.command()
+@friendly
+def deploy(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="Application name.")],
+    ref: Annotated[str | None, typer.Option(help="Git ref to deploy (default: branch head).")] = None,
+    detach: Annotated[bool, typer.Option(help="Print the run id and return at once.")] = False,
+) -> None:
+    """Deploy APP: start a run and show its steps live (exit 0 only if it completes)."""
+    run = _client().deploy(app_name, ref=ref)
+    if detach:
+        console.print(str(run.id))
+        return
+    run = follow(run)
+    raise typer.Exit(0 if run.status is RunStatus.COMPLETED else 1)
+
+
+@app.command()
+@friendly
+def show(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="Run id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the Run model as JSON.")] = False,
+) -> None:
+    """Show one run: its status, steps, commit and error."""
+    run = _client().get_run(run_id)
+    _print_json(run) if as_json else console.print(render_run(run))
+
+
+@app.command()
+@friendly
+def runs(
+    app_name: Annotated[str | None, typer.Option("--app", help="Only runs of this app.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print Run models as JSON.")] = False,
+) -> None:
+    """List runs, most recent first."""
+    found = _client().runs(app=app_name, limit=limit)
+    _print_json(found) if as_json else console.print(render_runs(found))
+
+
+@apps_app.command("add")
+@friendly
+def apps_add(spec: Annotated[Path, typer.Argument(help="App spec YAML file.")]) -> None:
+    """Validate an app spec, save it as blocks and create its Prefect deployment."""
+    from deploy_runs.spec import application_from_file, register
+
+    application = application_from_file(spec)
+    register(application)
+    console.print(f"[green]✔[/green] saved application [bold]{application.name}[/bold] "
+                  f"({len(application.services)} service(s)) and deployment "
+                  f"[bold]deploy-app/{application.name}[/bold]")
+
+
+@apps_app.command("list")
+@friendly
+def apps_list() -> None:
+    """List saved applications."""
+    from blocks import Application
+    from deploy_runs.spec import list_applications
+
+    for name in list_applications():
+        application = Application.load(name)
+        services = ", ".join(f"{s.name}:{s.host_port}" for s in application.services)
+        console.print(f"[bold]{name}[/bold]  {application.repository}@{application.branch}  "
+                      f"server={application.server.address}  services={services}")
+
+
+@sandbox_app.command("up")
+@friendly
+def sandbox_up(
+    hosts: Annotated[int, typer.Option(help="Extra network-namespace hosts.")] = 0,
+    save: Annotated[bool, typer.Option(help="Save each host as an SSHServer block.")] = True,
+) -> None:
+    """Install (if needed) and start the sandbox; print the connection details."""
+    from deploy_runs import sandbox
+
+    sandbox.install()
+    info = sandbox.up(extra_hosts=hosts)
+    for host in info.hosts:
+        console.print(f"[bold]{host.name}[/bold]  ssh {host.username}@{host.host} -p {host.port} "
+                      f"-i {host.private_key_path}  host key {host.host_key[:40]}...")
+    console.print(f"git repositories: {info.git_dir} (served at {info.hosts[0].git_base_url})")
+    if save:
+        from deploy_runs.sandbox_blocks import save_server_blocks
+
+        for block_name in save_server_blocks(info):
+            console.print(f"[green]✔[/green] saved SSHServer block [bold]{block_name}[/bold]")
+
+
+@sandbox_app.command("down")
+@friendly
+def sandbox_down() -> None:
+    """Stop what `sandbox up` started."""
+    from deploy_runs import sandbox
+
+    sandbox.down()
+    console.print("sandbox stopped")
+
+
+@sandbox_app.command("status")
+@friendly
+def sandbox_status() -> None:
+    """Show the sandbox's parts and whether each is alive."""
+    from deploy_runs import sandbox
+
+    info = sandbox.status()
+    for part, alive in sorted(info.running.items()):
+        console.print(f"{'[green]●[/green]' if alive else '[grey58]○[/grey58]'} {part}")
+
+
+@prefect_app.command("up")
+@friendly
+def prefect_up(port: Annotated[int, typer.Option()] = 4200) -> None:
+    """Start a local Prefect server (SQLite) and a worker, and point the Prefect profile at it."""
+    from deploy_runs.prefect_local import start_local
+
+    url = start_local(port)
+    console.print(f"Prefect API {url} — UI at {url.removesuffix('/api')}")
+
+
+@prefect_app.command("down")
+@friendly
+def prefect_down() -> None:
+    """Stop the local Prefect server and worker started by `prefect up`."""
+    from deploy_runs.prefect_local import stop
+
+    console.print(f"stopped: {', '.join(stop()) or 'nothing was running'}")
+
+
+@app.command()
+@friendly
+def demo(port: Annotated[int, typer.Option(help="Port of the local Prefect server.")] = 4200) -> None:
+    """Set everything up on this machine and deploy the `hello` example, live."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deploy_runs.demo import prepare
+    from deploy_runs.prefect_local import start_local
+
+    url = start_local(port)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        hello_url = prepare(console)
+        run = follow(_client().deploy("hello"))
+    ui = url.removesuffix("/api")
+    console.print()
+    console.print(f"Prefect UI:     {ui}/runs/flow-run/{run.id}")
+    console.print(f"The app:        {hello_url}")
+    console.print("Try:            deploy-runs runs | deploy-runs show "
+                  f"{run.id} | deploy-runs deploy shop")
+    raise typer.Exit(0 if run.status is RunStatus.COMPLETED else 1)
+
+
+def main() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()

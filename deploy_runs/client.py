@@ -1,0 +1,168 @@
+"""The public Python API: `AsyncDeployRuns` does the work; `DeployRuns` is the same API, blocking.
+
+    from deploy_runs import DeployRuns
+
+    runs = DeployRuns()
+    run = runs.deploy("hello")            # returns at once, status Started
+    run = runs.wait(run.id, timeout=300)  # until Completed / Failed / Stopped
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterTags,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import ObjectNotFound
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from blocks.application import check_ref
+from deploy_runs.errors import AppNotFound, ConfigError, RunNotFound, WaitTimeout
+from deploy_runs.models import Failure, Run
+from deploy_runs.record import FAILURE_KEY, RUN_TAG, app_tag
+from deploy_runs.runs import DEPLOY_FLOW, run_from_prefect
+from deploy_runs.status import RunStatus
+
+T = TypeVar("T")
+
+
+def deployment_name(app: str) -> str:
+    return f"{DEPLOY_FLOW}/{app}"
+
+
+def _run_id(run_id: UUID | str) -> UUID:
+    try:
+        return run_id if isinstance(run_id, UUID) else UUID(str(run_id))
+    except ValueError:
+        raise RunNotFound(f"no run {run_id!r}: a run id is a UUID") from None
+
+
+class AsyncDeployRuns:
+    """Deploy applications and read their runs (async)."""
+
+    async def deploy(self, app: str, ref: str | None = None) -> Run:
+        """Start a run of `app` through its Prefect deployment; returns at once (Started)."""
+        if ref is not None:
+            try:
+                check_ref(ref)
+            except ValueError as exc:
+                raise ConfigError([f"ref: {exc}"]) from None
+        async with get_client() as client:
+            try:
+                deployment = await client.read_deployment_by_name(deployment_name(app))
+            except ObjectNotFound:
+                raise AppNotFound(
+                    f"no application {app!r}: add it with `deploy-runs apps add SPEC.yaml`"
+                ) from None
+            flow_run = await client.create_flow_run_from_deployment(
+                deployment.id, parameters={"app": app, "ref": ref},
+                tags=[RUN_TAG, app_tag(app)],
+            )
+        return run_from_prefect(flow_run, [])
+
+    async def get_run(self, run_id: UUID | str) -> Run:
+        async with get_client() as client:
+            flow_run = await self._read_flow_run(client, _run_id(run_id))
+            return (await self._assemble(client, [flow_run]))[0]
+
+    async def wait(self, run_id: UUID | str, timeout: float = 600.0,
+                   poll_interval: float = 0.5) -> Run:
+        """Wait until the run has ended (Completed, Failed or Stopped) and return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = await self.get_run(run_id)
+            if run.status.is_final:
+                return run
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"run {run.id} is still {run.status} after {timeout:g}s")
+            await asyncio.sleep(poll_interval)
+
+    async def runs(self, app: str | None = None, limit: int = 50) -> list[Run]:
+        """Runs, most recent first, optionally of one application."""
+        tags = [RUN_TAG] + ([app_tag(app)] if app else [])
+        async with get_client() as client:
+            flow_runs = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[DEPLOY_FLOW])),
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=tags)),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=limit,
+            )
+            return await self._assemble(client, flow_runs)
+
+    # ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _read_flow_run(client: PrefectClient, run_id: UUID) -> FlowRun:
+        try:
+            flow_run = await client.read_flow_run(run_id)
+        except ObjectNotFound:
+            raise RunNotFound(f"no run {run_id}") from None
+        if RUN_TAG not in (flow_run.tags or []) and "app" not in (flow_run.parameters or {}):
+            raise RunNotFound(f"{run_id} is a Prefect flow run, but not a deploy run")
+        return flow_run
+
+    @staticmethod
+    async def _assemble(client: PrefectClient, flow_runs: list[FlowRun]) -> list[Run]:
+        if not flow_runs:
+            return []
+        task_runs = await client.read_task_runs(
+            task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[f.id for f in flow_runs])),
+        )
+        by_flow_run: dict[UUID, list] = {}
+        for task_run in task_runs:
+            by_flow_run.setdefault(task_run.flow_run_id, []).append(task_run)
+        result = []
+        for flow_run in flow_runs:
+            failure = None
+            if flow_run.state and flow_run.state.is_failed():
+                failure = await _read_failure(client, flow_run.id)
+            result.append(run_from_prefect(flow_run, by_flow_run.get(flow_run.id, []), failure))
+        return result
+
+
+async def _read_failure(client: PrefectClient, run_id: UUID) -> Failure | None:
+    try:
+        value = await client.read_flow_run_input(run_id, FAILURE_KEY)
+    except ObjectNotFound:
+        return None
+    return Failure.model_validate_json(value) if value else None
+
+
+class DeployRuns:
+    """The same API as `AsyncDeployRuns`, blocking."""
+
+    def __init__(self) -> None:
+        self._async = AsyncDeployRuns()
+
+    @staticmethod
+    def _sync(coro: Coroutine[Any, Any, T]) -> T:
+        return run_coro_as_sync(coro)  # type: ignore[return-value]
+
+    def deploy(self, app: str, ref: str | None = None) -> Run:
+        return self._sync(self._async.deploy(app, ref))
+
+    def get_run(self, run_id: UUID | str) -> Run:
+        return self._sync(self._async.get_run(run_id))
+
+    def wait(self, run_id: UUID | str, timeout: float = 600.0, poll_interval: float = 0.5) -> Run:
+        return self._sync(self._async.wait(run_id, timeout, poll_interval))
+
+    def runs(self, app: str | None = None, limit: int = 50) -> list[Run]:
+        return self._sync(self._async.runs(app, limit))
+
+
+__all__ = ["AsyncDeployRuns", "DeployRuns", "RunStatus"]

@@ -1,0 +1,202 @@
+"""Pure builders of every command deploy-runs runs on a server.
+
+Each builder returns a `Command` (an argument list) and runs nothing. Quoting happens in exactly
+one place, `Command.__str__`, so what the log shows is exactly what ran. Remote paths are relative
+to the SSH user's home directory (where an SSH command starts), so no `~` expansion is needed.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+LABEL_PREFIX = "deploy-runs"
+ROOT = "deploy-runs"
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.argv:
+            raise ValueError("empty command")
+
+    def __str__(self) -> str:
+        return shlex.join(self.argv)
+
+
+def cmd(*argv: str | int) -> Command:
+    return Command(tuple(str(a) for a in argv))
+
+
+@dataclass(frozen=True)
+class AppLayout:
+    """Where an application's files live on the server, relative to the user's home."""
+
+    app: str
+
+    @property
+    def root(self) -> str:
+        return f"{ROOT}/apps/{self.app}"
+
+    @property
+    def repo(self) -> str:
+        return f"{self.root}/repo"
+
+    @property
+    def provisioned_marker(self) -> str:
+        return f"{self.root}/provisioned"
+
+    def env_file(self, service: str) -> str:
+        return f"{self.root}/{service}.env"
+
+    def in_repo(self, path: str) -> str:
+        return self.repo if path in ("", ".") else f"{self.repo}/{path}"
+
+
+def image_name(app: str, service: str) -> str:
+    return f"{ROOT}/{app}-{service}"
+
+
+def image_tag(app: str, service: str, commit: str) -> str:
+    return f"{image_name(app, service)}:{commit[:12]}"
+
+
+def container_name(app: str, service: str) -> str:
+    return f"{app}-{service}"
+
+
+def labels(**values: str) -> dict[str, str]:
+    return {f"{LABEL_PREFIX}.{key}": value for key, value in values.items()}
+
+
+# Provisioning -------------------------------------------------------------------------------
+
+def read_file(path: str) -> Command:
+    return cmd("cat", "--", path)
+
+
+def make_dirs(*paths: str) -> Command:
+    return cmd("mkdir", "-p", "--", *paths)
+
+
+def docker_server_version() -> Command:
+    return cmd("docker", "version", "--format", "{{.Server.Version}}")
+
+
+def git_version() -> Command:
+    return cmd("git", "--version")
+
+
+# Source -------------------------------------------------------------------------------------
+
+def git_is_repo(repo: str) -> Command:
+    return cmd("git", "-C", repo, "rev-parse", "--git-dir")
+
+
+def git_clone(url: str, dest: str) -> Command:
+    return cmd("git", "clone", "--no-checkout", "--", url, dest)
+
+
+def git_set_origin(repo: str, url: str) -> Command:
+    return cmd("git", "-C", repo, "remote", "set-url", "origin", "--", url)
+
+
+def git_fetch(repo: str) -> Command:
+    return cmd("git", "-C", repo, "fetch", "--force", "--prune", "--tags", "origin",
+               "+refs/heads/*:refs/remotes/origin/*")
+
+
+def git_resolve(repo: str, rev: str) -> Command:
+    return cmd("git", "-C", repo, "rev-parse", "--verify", "--quiet", "--end-of-options",
+               f"{rev}^{{commit}}")
+
+
+def git_checkout(repo: str, commit: str) -> Command:
+    return cmd("git", "-C", repo, "checkout", "--force", "--detach", commit)
+
+
+def git_clean(repo: str) -> Command:
+    return cmd("git", "-C", repo, "clean", "-ffdxq")
+
+
+def git_commit_info(repo: str, commit: str) -> Command:
+    return cmd("git", "-C", repo, "log", "-1", "--format=%H%n%s", commit)
+
+
+# Docker -------------------------------------------------------------------------------------
+
+def _label_args(values: Mapping[str, str]) -> list[str]:
+    args: list[str] = []
+    for key, value in values.items():
+        args += ["--label", f"{key}={value}"]
+    return args
+
+
+def docker_build(tag: str, dockerfile: str, context: str, label_values: Mapping[str, str]) -> Command:
+    return cmd("docker", "build", "--tag", tag, "--file", dockerfile,
+               *_label_args(label_values), context)
+
+
+def docker_remove_container(name: str) -> Command:
+    return cmd("docker", "rm", "--force", name)
+
+
+def docker_run(
+    name: str,
+    image: str,
+    *,
+    ports: Iterable[tuple[int, int]],
+    env: Mapping[str, str],
+    env_file: str | None,
+    label_values: Mapping[str, str],
+    restart: str = "unless-stopped",
+) -> Command:
+    args = ["docker", "run", "--detach", "--init", "--name", name, "--restart", restart]
+    for host_port, container_port in ports:
+        args += ["--publish", f"{host_port}:{container_port}"]
+    for key, value in env.items():
+        args += ["--env", f"{key}={value}"]
+    if env_file:
+        args += ["--env-file", env_file]
+    args += _label_args(label_values)
+    args.append(image)
+    return Command(tuple(args))
+
+
+CONTAINER_STATE_FORMAT = (
+    "status={{.State.Status}} exit_code={{.State.ExitCode}} oom_killed={{.State.OOMKilled}} "
+    "restarts={{.RestartCount}} error={{.State.Error}}"
+)
+
+
+def docker_container_state(name: str) -> Command:
+    return cmd("docker", "inspect", "--format", CONTAINER_STATE_FORMAT, name)
+
+
+def docker_container_logs(name: str, tail: int = 50) -> Command:
+    return cmd("docker", "logs", "--tail", tail, name)
+
+
+def docker_port(name: str) -> Command:
+    return cmd("docker", "port", name)
+
+
+# Process control ----------------------------------------------------------------------------
+
+PID_LINE_PREFIX = "__deploy_runs_pgid="
+
+
+def with_pgid_report(command: Command) -> str:
+    """The shell line that runs `command` after reporting its process group on stderr.
+
+    An SSH session's command runs as a session leader, so `$$` is the process group of the
+    command and of every process it starts: killing that group stops all of it on the server.
+    """
+    return f"echo {PID_LINE_PREFIX}$$ >&2; exec {command}"
+
+
+def kill_process_group(pgid: int, signal: str = "KILL") -> Command:
+    return cmd("kill", f"-{signal}", "--", f"-{int(pgid)}")

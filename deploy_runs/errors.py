@@ -1,0 +1,76 @@
+"""The exceptions deploy-runs raises, so callers can catch what they mean."""
+
+from __future__ import annotations
+
+
+class DeployRunsError(Exception):
+    """Base of every deploy-runs error."""
+
+
+class ConfigError(DeployRunsError, ValueError):
+    """Invalid configuration, refused before any server is touched."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        super().__init__(f"invalid configuration{where}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class AppNotFound(DeployRunsError, LookupError):
+    pass
+
+
+class RunNotFound(DeployRunsError, LookupError):
+    pass
+
+
+class InvalidControl(DeployRunsError):
+    """A control (pause, resume, stop) that does not apply to the run as it stands."""
+
+
+class WaitTimeout(DeployRunsError, TimeoutError):
+    pass
+
+
+# Remote execution --------------------------------------------------------------------------
+
+class RemoteError(DeployRunsError):
+    """Something went wrong on, or on the way to, the server."""
+
+
+class ConnectionFailed(RemoteError):
+    """The SSH connection could not be opened (unreachable, refused, authentication)."""
+
+
+class HostKeyError(ConnectionFailed):
+    """The server's host key is not the pinned one, or no key is pinned."""
+
+
+class ConnectionLost(RemoteError):
+    """The SSH connection dropped while a command ran."""
+
+
+class CommandFailed(RemoteError):
+    """A command exited non-zero."""
+
+    def __init__(self, command: str, exit_code: int | None, output_tail: list[str],
+                 message: str | None = None) -> None:
+        self.command = command
+        self.exit_code = exit_code
+        self.output_tail = output_tail
+        text = message or f"command exited with code {exit_code}"
+        tail = "\n".join(f"  | {line[:500]}" for line in output_tail[-10:])
+        super().__init__(f"{text}: $ {command}" + (f"\n{tail}" if tail else ""))
+
+
+class CommandTimedOut(CommandFailed):
+    pass
+
+
+class StepFailed(DeployRunsError):
+    """A step could not do its job for a reason that is not one failing command."""
+
+    def __init__(self, message: str, evidence: list[str] | None = None) -> None:
+        self.evidence = evidence or []
+        super().__init__(message)

@@ -1,0 +1,352 @@
+"""The one SSH executor: connect with a verified host key, run a command streaming its output
+line by line, time it out, kill it on the server, upload files, open TCP channels for probes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import select
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import paramiko
+
+from deploy_runs.commands import PID_LINE_PREFIX, Command, kill_process_group, with_pgid_report
+from deploy_runs.errors import (
+    CommandFailed,
+    CommandTimedOut,
+    ConnectionFailed,
+    ConnectionLost,
+    HostKeyError,
+)
+
+TAIL_LINES = 40
+_CHUNK = 65536
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+class OutputSink(Protocol):
+    """Receives what a command does as it happens."""
+
+    def command(self, text: str) -> None: ...
+
+    def line(self, stream: str, text: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """What the executor needs to reach a server (a plain value, built from an SSHServer block)."""
+
+    host: str
+    port: int
+    username: str
+    private_key: str = field(repr=False)
+    host_key: str | None = None
+    accept_unknown_host_key: bool = False
+    connect_timeout: float = 10.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.username}@{self.host}:{self.port}"
+
+
+@dataclass
+class CommandResult:
+    command: str
+    exit_code: int
+    tail: list[str]
+
+
+class LineSplitter:
+    """Turns a byte stream into text lines: \\n, \\r\\n and bare \\r (progress output) end a line.
+
+    Bytes that are not UTF-8 are kept visible as \\xNN escapes instead of being dropped.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        self._buffer += data
+        # A \r at the end of a chunk may be the first half of \r\n: the next chunk decides.
+        held_cr = self._buffer.endswith(b"\r")
+        parts = _LINE_BREAK.split(self._buffer[:-1] if held_cr else self._buffer)
+        rest = parts.pop()
+        self._buffer = rest + b"\r" if held_cr else rest
+        return [_decode(p) for p in parts]
+
+    def close(self) -> list[str]:
+        rest, self._buffer = self._buffer, b""
+        rest = rest.rstrip(b"\r")
+        return [_decode(rest)] if rest else []
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="backslashreplace")
+
+
+def _public_key(line: str) -> paramiko.PKey:
+    kind, blob = line.split()[:2]
+    return paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
+
+
+def _private_key(text: str) -> paramiko.PKey:
+    errors = []
+    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return cls.from_private_key(io.StringIO(text))
+        except (paramiko.SSHException, ValueError) as exc:
+            errors.append(f"{cls.__name__}: {exc}")
+    raise ConnectionFailed("the private key could not be read (" + "; ".join(errors) + ")")
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    def __init__(self, accept: bool, notes: list[str]) -> None:
+        self.accept = accept
+        self.notes = notes
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        if self.accept:
+            self.notes.append(f"accepted unpinned host key of {hostname}: {fingerprint(key)}")
+            return
+        raise HostKeyError(
+            f"{hostname} offered host key {fingerprint(key)}, but no host key is pinned for it; "
+            "set the server's host_key (or opt in with accept_unknown_host_key)"
+        )
+
+
+class RemoteHost:
+    """An open SSH connection to one server. Use as a context manager."""
+
+    def __init__(self, address: ServerAddress) -> None:
+        self.address = address
+        self.notes: list[str] = []
+        self._client: paramiko.SSHClient | None = None
+
+    def __enter__(self) -> RemoteHost:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Connection -----------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        addr = self.address
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(
+            _HostKeyPolicy(addr.accept_unknown_host_key, self.notes))
+        expected = None
+        if addr.host_key:
+            expected = _public_key(addr.host_key)
+            entry = addr.host if addr.port == 22 else f"[{addr.host}]:{addr.port}"
+            client.get_host_keys().add(entry, expected.get_name(), expected)
+        try:
+            client.connect(
+                addr.host, port=addr.port, username=addr.username,
+                pkey=_private_key(addr.private_key), timeout=addr.connect_timeout,
+                banner_timeout=addr.connect_timeout, auth_timeout=addr.connect_timeout,
+                allow_agent=False, look_for_keys=False,
+            )
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyError(
+                f"host key mismatch for {addr.label}: the server offered "
+                f"{fingerprint(exc.key)}, expected {fingerprint(exc.expected_key)}. "
+                "The server was reinstalled or someone is in the middle; refusing to connect."
+            ) from None
+        except HostKeyError:
+            client.close()
+            raise
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise ConnectionFailed(f"SSH authentication failed for {addr.label}: {exc}") from None
+        except paramiko.SSHException as exc:
+            client.close()
+            if expected is not None and "host key" in str(exc).lower():
+                raise HostKeyError(
+                    f"{addr.label} offers no host key of the pinned type "
+                    f"{expected.get_name()} (expected {fingerprint(expected)}): {exc}"
+                ) from None
+            raise ConnectionFailed(f"SSH connection to {addr.label} failed: {exc}") from None
+        except (TimeoutError, OSError) as exc:
+            client.close()
+            raise ConnectionFailed(
+                f"cannot reach {addr.label}: {exc.strerror or exc or type(exc).__name__}"
+            ) from None
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(15)
+        self._client = client
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        transport = self._client.get_transport() if self._client else None
+        if transport is None or not transport.is_active():
+            raise ConnectionLost(f"the SSH connection to {self.address.label} is closed")
+        return transport
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # Commands --------------------------------------------------------------------------------
+
+    def run(self, command: Command, sink: OutputSink, *, timeout: float = 600.0,
+            check: bool = True, quiet: bool = False) -> CommandResult:
+        """Run `command`, handing each output line to `sink` as the server prints it.
+
+        On timeout, or if the caller is interrupted (Stop), the command's whole process group
+        is killed on the server before the exception leaves this method.
+        """
+        text = str(command)
+        if not quiet:
+            sink.command(text)
+        try:
+            channel = self.transport.open_session(timeout=self.address.connect_timeout)
+            channel.exec_command(with_pgid_report(command))
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectionLost(f"could not start a command on {self.address.label}: {exc}") \
+                from None
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        streams = {"stdout": LineSplitter(), "stderr": LineSplitter()}
+        pgid: int | None = None
+
+        def emit(stream: str, lines: list[str]) -> None:
+            nonlocal pgid
+            for line in lines:
+                if pgid is None and stream == "stderr" and line.startswith(PID_LINE_PREFIX):
+                    pgid = int(line[len(PID_LINE_PREFIX):])
+                    continue
+                tail.append(line)
+                sink.line(stream, line)
+
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                got = False
+                if channel.recv_ready():
+                    emit("stdout", streams["stdout"].feed(channel.recv(_CHUNK)))
+                    got = True
+                if channel.recv_stderr_ready():
+                    emit("stderr", streams["stderr"].feed(channel.recv_stderr(_CHUNK)))
+                    got = True
+                if got:
+                    continue
+                if channel.eof_received or channel.closed:
+                    break
+                if not self.is_connected():
+                    raise ConnectionLost(
+                        f"the SSH connection to {self.address.label} was lost while running: "
+                        f"$ {text}")
+                if time.monotonic() > deadline:
+                    self._kill(pgid)
+                    raise CommandTimedOut(text, None, list(tail),
+                                          f"command timed out after {timeout:g}s and was killed")
+                select.select([channel], [], [], 0.2)
+            for name, splitter in streams.items():
+                emit(name, splitter.close())
+            exit_code = self._exit_status(channel, text, list(tail))
+        except BaseException:
+            # Interrupted (Stop, timeout, lost connection): leave nothing running on the server.
+            if channel.exit_status_ready() is False:
+                self._kill(pgid)
+            channel.close()
+            raise
+        channel.close()
+        result = CommandResult(text, exit_code, list(tail))
+        if check and exit_code != 0:
+            raise CommandFailed(text, exit_code, list(tail))
+        return result
+
+    def is_connected(self) -> bool:
+        transport = self._client.get_transport() if self._client else None
+        return bool(transport and transport.is_active())
+
+    def _exit_status(self, channel: paramiko.Channel, text: str, tail: list[str]) -> int:
+        deadline = time.monotonic() + 10
+        while not channel.exit_status_ready():
+            if not self.is_connected() or time.monotonic() > deadline:
+                raise ConnectionLost(
+                    f"the SSH connection to {self.address.label} was lost before "
+                    f"the command reported its exit code: $ {text}")
+            time.sleep(0.01)
+        return channel.recv_exit_status()
+
+    def _kill(self, pgid: int | None) -> None:
+        """Kill a command's process group on the server; best effort, never raises."""
+        if pgid is None:
+            return
+        kill = str(kill_process_group(pgid))
+        try:
+            if self.is_connected():
+                channel = self.transport.open_session(timeout=5)
+                channel.exec_command(kill)
+                channel.recv_exit_status()
+                channel.close()
+                return
+            with RemoteHost(self.address) as fresh:
+                fresh.run(kill_process_group(pgid), _NullSink(), timeout=10, check=False,
+                          quiet=True)
+        except Exception:
+            pass
+
+    # Files and ports -------------------------------------------------------------------------
+
+    def write_file(self, path: str, content: bytes, mode: int = 0o600) -> None:
+        """Write a file on the server over SFTP, created with `mode` before any byte is written."""
+        sftp = self.transport.open_sftp_client()
+        try:
+            with sftp.open(path + ".tmp", "wb") as handle:
+                handle.chmod(mode)
+                handle.write(content)
+            sftp.posix_rename(path + ".tmp", path)
+        finally:
+            sftp.close()
+
+    def open_tcp(self, host: str, port: int, timeout: float = 5.0) -> paramiko.Channel:
+        """A TCP connection made by the server to host:port (a direct-tcpip channel)."""
+        return self.transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
+                                           timeout=timeout)
+
+
+class _NullSink:
+    def command(self, text: str) -> None:
+        pass
+
+    def line(self, stream: str, text: str) -> None:
+        pass
+
+
+class CollectingSink:
+    """A sink that keeps what it receives; also forwards to another sink when given one."""
+
+    def __init__(self, forward: OutputSink | None = None) -> None:
+        self.forward = forward
+        self.lines: list[tuple[str, str]] = []
+
+    def command(self, text: str) -> None:
+        if self.forward:
+            self.forward.command(text)
+
+    def line(self, stream: str, text: str) -> None:
+        self.lines.append((stream, text))
+        if self.forward:
+            self.forward.line(stream, text)
+
+    def stdout(self) -> str:
+        return "\n".join(text for stream, text in self.lines if stream == "stdout")
+
+
+LineCallback = Callable[[str, str], None]

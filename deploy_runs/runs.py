@@ -1,0 +1,72 @@
+"""Reading runs back from Prefect: a flow run of `deploy-app` and its task runs become a `Run`
+in the product's vocabulary (every planned step listed, in order, Pending ones too)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prefect.client.schemas.objects import FlowRun, TaskRun
+
+from deploy_runs.models import Failure, Run, Step
+from deploy_runs.record import fact_label
+from deploy_runs.status import RunStatus, StepStatus, run_status, step_status
+from deploy_runs.steps import PLANNED_STEPS
+
+DEPLOY_FLOW = "deploy-app"
+
+
+def _seconds(start, end) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)
+
+
+def latest_by_step(task_runs: Sequence[TaskRun]) -> dict[str, TaskRun]:
+    """The newest task run of each planned step (a step may have been tried more than once)."""
+    latest: dict[str, TaskRun] = {}
+    for task_run in sorted(task_runs, key=lambda t: t.created or t.expected_start_time or 0):
+        if task_run.name in PLANNED_STEPS:
+            latest[task_run.name] = task_run
+    return latest
+
+
+def run_from_prefect(flow_run: FlowRun, task_runs: Sequence[TaskRun],
+                     failure: Failure | None = None) -> Run:
+    by_step = latest_by_step(task_runs)
+    state = flow_run.state
+    status = run_status(state.type if state else None, state.name if state else None,
+                        step_started=bool(by_step))
+    steps: list[Step] = []
+    for name in PLANNED_STEPS:
+        task_run = by_step.get(name)
+        task_state = task_run.state if task_run else None
+        view = step_status(task_state.type if task_state else None,
+                           task_state.name if task_state else None,
+                           task_state.message if task_state else None, status)
+        started = task_run.start_time if task_run else None
+        ended = task_run.end_time if task_run else None
+        steps.append(Step(name=name, status=view.status, started_at=started,
+                          ended_at=ended, duration=_seconds(started, ended),
+                          message=view.message))
+    if failure is None and status is RunStatus.FAILED:
+        failed = next((s.name for s in steps if s.status is StepStatus.FAILED), "")
+        failure = Failure(step=failed, message=(state.message if state else None) or "the run failed")
+    labels = flow_run.labels or {}
+    app = str(labels.get(fact_label("app")) or flow_run.parameters.get("app") or "")
+    ref = labels.get(fact_label("ref")) or flow_run.parameters.get("ref") or None
+    return Run(
+        id=flow_run.id,
+        name=flow_run.name,
+        app=app,
+        status=status,
+        steps=steps,
+        ref=str(ref) if ref else None,
+        commit=str(labels[fact_label("commit")]) if labels.get(fact_label("commit")) else None,
+        commit_message=str(labels.get(fact_label("commit-message")) or "") or None,
+        created_at=flow_run.created,
+        started_at=flow_run.start_time,
+        ended_at=flow_run.end_time,
+        duration=_seconds(flow_run.start_time, flow_run.end_time),
+        message=state.message if state else None,
+        error=failure,
+    )

@@ -1,0 +1,173 @@
+"""The YAML app spec: validated at the edge, then saved as an `Application` block and the app's
+Prefect deployment. A bad spec is refused before anything is saved, naming the field.
+
+    name: hello
+    repository: git://127.0.0.1:9418/hello.git
+    branch: main
+    server: sandbox-local          # an SSHServer block name
+    services:
+      - name: web
+        container_port: 8080
+        host_port: 18080
+        env: {GREETING: hello}
+        secret_env: {API_TOKEN: ${HELLO_API_TOKEN}}   # read from the environment of `apps add`
+        health_check: {type: http, path: /, timeout: 30}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from blocks import Application, Service, SSHServer
+from blocks.application import NAME_PATTERN
+from deploy_runs.errors import ConfigError
+
+WORK_POOL = "deploy-runs"
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+class ServiceSpec(Service):
+    secret_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Secret environment variables; a value `${NAME}` is read from the environment.",
+    )
+
+
+class AppSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    repository: str
+    branch: str = "main"
+    server: str = Field(min_length=1, description="Name of the SSHServer block to deploy to.")
+    services: list[ServiceSpec] = Field(min_length=1)
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    out = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "spec"
+        message = error["msg"].removeprefix("Value error, ")
+        out.append(f"{where}: {message}")
+    return out
+
+
+def parse_spec(data: Any, source: str | None = None) -> AppSpec:
+    if not isinstance(data, dict):
+        raise ConfigError(["spec: expected a mapping at the top level"], source)
+    try:
+        return AppSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc), source) from None
+
+
+def load_spec(path: str | Path) -> AppSpec:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError([f"{path}: {exc.strerror}"], str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    return parse_spec(data, str(path))
+
+
+def _resolve_secret(field: str, value: str, environ: dict[str, str]) -> str:
+    match = _ENV_REF.match(value.strip())
+    if not match:
+        return value
+    name = match.group(1)
+    if name not in environ:
+        raise ConfigError([f"{field}: environment variable {name} is not set"])
+    return environ[name]
+
+
+def to_application(spec: AppSpec, server: SSHServer,
+                   environ: dict[str, str] | None = None) -> Application:
+    environ = dict(os.environ) if environ is None else environ
+    secrets: dict[str, dict[str, str]] = {}
+    problems: list[str] = []
+    for i, service in enumerate(spec.services):
+        for name, value in service.secret_env.items():
+            try:
+                secrets.setdefault(service.name, {})[name] = _resolve_secret(
+                    f"services.{i}.secret_env.{name}", value, environ)
+            except ConfigError as exc:
+                problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return Application(
+            name=spec.name, repository=spec.repository, branch=spec.branch, server=server,
+            services=[Service.model_validate(s.model_dump(exclude={"secret_env"}))
+                      for s in spec.services],
+            secret_env=secrets,
+        )
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+
+
+def load_server(name: str) -> SSHServer:
+    try:
+        return SSHServer.load(name)
+    except ValueError:
+        raise ConfigError([
+            f"server: no SSH server block named {name!r} "
+            "(save one with `deploy-runs sandbox up --save` or SSHServer(...).save(NAME))"
+        ]) from None
+
+
+def application_from_file(path: str | Path) -> Application:
+    """Validate a spec file completely (including the server it names) without saving anything."""
+    spec = load_spec(path)
+    try:
+        return to_application(spec, load_server(spec.server))
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, str(path)) from None
+
+
+def register(app: Application) -> None:
+    """Save the application block and create (or update) its Prefect deployment."""
+    app.save(app.name, overwrite=True)
+    ensure_deployment(app.name)
+
+
+def ensure_work_pool(name: str = WORK_POOL) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+
+
+def ensure_deployment(app: str) -> None:
+    from prefect.deployments.runner import EntrypointType
+
+    from deploy_runs.record import RUN_TAG, app_tag
+    from flows.deploy import deploy_app
+
+    ensure_work_pool()
+    deployment = deploy_app.to_deployment(
+        name=app,
+        parameters={"app": app},
+        tags=[RUN_TAG, app_tag(app)],
+        description=f"Deploy {app} (deploy-runs).",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    deployment.apply(work_pool_name=WORK_POOL)
+
+
+def list_applications() -> list[str]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        documents = client.read_block_documents_by_type(Application.get_block_type_slug())
+    return sorted(d.name for d in documents if d.name)

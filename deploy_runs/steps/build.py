@@ -1,0 +1,31 @@
+"""Build images: build each service's image on the server's Docker engine (its layer cache
+makes unchanged layers free)."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from deploy_runs import commands as c
+from deploy_runs.steplog import StepLog
+from deploy_runs.steps.context import DeployContext
+
+NAME = "Build images"
+TIMEOUT = 1800.0
+
+
+@task(name=NAME, task_run_name=NAME, cache_policy=NO_CACHE, persist_result=False)
+def build_images(ctx: DeployContext) -> dict[str, str]:
+    log = StepLog()
+    host = ctx.host()
+    app, layout = ctx.app, ctx.layout
+    assert ctx.commit, "Fetch source runs before Build images"
+    for service in app.services:
+        tag = c.image_tag(app.name, service.name, ctx.commit)
+        # Only stable labels: a per-run label would make every build a new image.
+        label_values = c.labels(app=app.name, service=service.name)
+        host.run(c.docker_build(tag, layout.in_repo(service.dockerfile),
+                                layout.in_repo(service.context), label_values),
+                 log, timeout=TIMEOUT)
+        ctx.images[service.name] = tag
+    return dict(ctx.images)

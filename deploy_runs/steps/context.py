@@ -1,0 +1,53 @@
+"""What the steps of one run share: the application, the requested ref, what earlier steps
+found out (commit, images), and the one SSH connection to the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from blocks import Application
+from deploy_runs.commands import AppLayout
+from deploy_runs.remote import RemoteHost, ServerAddress
+
+
+@dataclass
+class DeployContext:
+    run_id: UUID
+    app: Application
+    ref: str | None = None
+    commit: str | None = None
+    commit_message: str | None = None
+    images: dict[str, str] = field(default_factory=dict)
+    _host: RemoteHost | None = field(default=None, repr=False)
+
+    @property
+    def layout(self) -> AppLayout:
+        return AppLayout(self.app.name)
+
+    def server_address(self) -> ServerAddress:
+        server = self.app.server
+        return ServerAddress(
+            host=server.host,
+            port=server.port,
+            username=server.username,
+            private_key=server.private_key.get_secret_value(),
+            host_key=server.host_key,
+            accept_unknown_host_key=server.accept_unknown_host_key,
+            connect_timeout=server.connect_timeout,
+        )
+
+    def host(self) -> RemoteHost:
+        """The run's SSH connection, opened on first use and reopened if it dropped."""
+        if self._host is None or not self._host.is_connected():
+            if self._host is not None:
+                self._host.close()
+            host = RemoteHost(self.server_address())
+            host.connect()
+            self._host = host
+        return self._host
+
+    def close(self) -> None:
+        if self._host is not None:
+            self._host.close()
+            self._host = None

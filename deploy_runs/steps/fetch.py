@@ -1,0 +1,51 @@
+"""Fetch source: bring the server's checkout of the repository to the requested ref
+(default: the head of the app's branch, i.e. the latest code) and record the commit."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from deploy_runs import commands as c
+from deploy_runs.errors import StepFailed
+from deploy_runs.remote import CollectingSink
+from deploy_runs.steplog import StepLog
+from deploy_runs.steps.context import DeployContext
+
+NAME = "Fetch source"
+TIMEOUT = 600.0
+
+
+@task(name=NAME, task_run_name=NAME, cache_policy=NO_CACHE, persist_result=False)
+def fetch_source(ctx: DeployContext) -> dict[str, str]:
+    log = StepLog()
+    host = ctx.host()
+    app, repo = ctx.app, ctx.layout.repo
+
+    if host.run(c.git_is_repo(repo), log, timeout=TIMEOUT, check=False).exit_code == 0:
+        host.run(c.git_set_origin(repo, app.repository), log, timeout=TIMEOUT)
+    else:
+        host.run(c.make_dirs(ctx.layout.root), log, timeout=TIMEOUT)
+        host.run(c.git_clone(app.repository, repo), log, timeout=TIMEOUT)
+    host.run(c.git_fetch(repo), log, timeout=TIMEOUT)
+
+    wanted = ctx.ref or app.branch
+    commit = None
+    for candidate in (f"origin/{wanted}", wanted):
+        found = CollectingSink(log)
+        if host.run(c.git_resolve(repo, candidate), found, timeout=TIMEOUT,
+                    check=False).exit_code == 0:
+            commit = found.stdout().strip()
+            break
+    if not commit:
+        raise StepFailed(f"git ref {wanted!r} was not found in {app.repository} "
+                         "(no such branch, tag or commit)")
+
+    host.run(c.git_checkout(repo, commit), log, timeout=TIMEOUT)
+    host.run(c.git_clean(repo), log, timeout=TIMEOUT)
+    info = CollectingSink(log)
+    host.run(c.git_commit_info(repo, commit), info, timeout=TIMEOUT)
+    sha, _, subject = info.stdout().partition("\n")
+    ctx.commit, ctx.commit_message = sha.strip(), subject.strip()
+    log.info("deploying commit %s: %s", ctx.commit, ctx.commit_message)
+    return {"commit": ctx.commit, "commit_message": ctx.commit_message}

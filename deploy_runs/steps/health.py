@@ -1,0 +1,112 @@
+"""Health check: probe every service from the server (HTTP GET or TCP connect through an SSH
+channel, so the server needs no probe tool) until healthy or its timeout. On failure the
+evidence (probe answers, container state and last log lines, port bindings) is captured
+before anything else happens, and put in the step's log and error."""
+
+from __future__ import annotations
+
+import time
+
+import paramiko
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from blocks import Service
+from deploy_runs import commands as c
+from deploy_runs.errors import StepFailed
+from deploy_runs.remote import CollectingSink, RemoteHost
+from deploy_runs.steplog import StepLog
+from deploy_runs.steps.context import DeployContext
+
+NAME = "Health check"
+PROBE_TIMEOUT = 5.0
+
+
+def probe(host: RemoteHost, service: Service) -> tuple[bool, str]:
+    """One probe of a service's published port on the server; (healthy, what it answered)."""
+    check = service.health_check
+    port = service.host_port
+    try:
+        channel = host.open_tcp("127.0.0.1", port, timeout=PROBE_TIMEOUT)
+    except paramiko.ChannelException as exc:
+        return False, f"tcp 127.0.0.1:{port}: {exc.text or 'connect failed'}"
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        return False, f"tcp 127.0.0.1:{port}: {exc}"
+    try:
+        if check.type == "tcp":
+            return True, f"tcp 127.0.0.1:{port}: connected"
+        channel.settimeout(PROBE_TIMEOUT)
+        request = (f"GET {check.path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n"
+                   "User-Agent: deploy-runs-health-check\r\nConnection: close\r\n\r\n")
+        channel.sendall(request.encode())
+        answer = b""
+        while b"\r\n" not in answer and len(answer) < 4096:
+            chunk = channel.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        url = f"http://127.0.0.1:{port}{check.path}"
+        if not answer:
+            return False, f"{url}: connection closed without an answer"
+        status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[1].isdigit():
+            return False, f"{url}: not an HTTP answer: {status_line[:80]!r}"
+        status = int(parts[1])
+        return status == check.expected_status, f"{url}: {status_line}"
+    except (TimeoutError, OSError, paramiko.SSHException) as exc:
+        return False, f"http://127.0.0.1:{port}{check.path}: {exc or 'timed out'}"
+    finally:
+        channel.close()
+
+
+def wait_healthy(host: RemoteHost, service: Service, log: StepLog) -> tuple[bool, list[str]]:
+    check = service.health_check
+    deadline = time.monotonic() + check.timeout
+    answers: list[str] = []
+    last, repeats = None, 0
+    while True:
+        healthy, answer = probe(host, service)
+        if answer != last:
+            log.info("probe %s: %s", service.name, answer)
+            answers.append(answer)
+            last, repeats = answer, 0
+        else:
+            repeats += 1
+        if healthy:
+            return True, answers
+        if time.monotonic() + check.interval > deadline:
+            if repeats:
+                answers.append(f"(the same answer {repeats} more time(s))")
+            return False, answers
+        time.sleep(check.interval)
+
+
+def evidence(host: RemoteHost, ctx: DeployContext, service: Service, log: StepLog) -> list[str]:
+    name = c.container_name(ctx.app.name, service.name)
+    lines: list[str] = []
+    for command in (c.docker_container_state(name), c.docker_port(name),
+                    c.docker_container_logs(name, tail=30)):
+        sink = CollectingSink(log)
+        result = host.run(command, sink, timeout=30, check=False)
+        lines.append(f"$ {result.command}")
+        lines += [text for _, text in sink.lines]
+    return lines
+
+
+@task(name=NAME, task_run_name=NAME, cache_policy=NO_CACHE, persist_result=False)
+def health_check(ctx: DeployContext) -> dict[str, str]:
+    log = StepLog()
+    host = ctx.host()
+    healthy: dict[str, str] = {}
+    for service in ctx.app.services:
+        ok, answers = wait_healthy(host, service, log)
+        if not ok:
+            found = evidence(host, ctx, service, log)
+            raise StepFailed(
+                f"service {service.name} did not become healthy within "
+                f"{service.health_check.timeout:g}s; last probe: {answers[-1] if answers else '-'}",
+                evidence=answers + found,
+            )
+        healthy[service.name] = answers[-1]
+    return healthy

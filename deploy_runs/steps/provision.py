@@ -1,0 +1,71 @@
+"""Provision server: check the server has what the app needs and make the app's directories.
+
+Skipped when the server was provisioned for this app with the same inputs and still has what
+provisioning checked (the marker file, a Docker engine the user can use, git).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
+
+from deploy_runs import commands as c
+from deploy_runs.errors import StepFailed
+from deploy_runs.remote import CollectingSink
+from deploy_runs.status import SKIPPED_STATE_NAME
+from deploy_runs.steplog import StepLog
+from deploy_runs.steps.context import DeployContext
+
+NAME = "Provision server"
+PROVISIONING_VERSION = 1
+TIMEOUT = 120.0
+
+
+def provisioning_fingerprint(ctx: DeployContext) -> str:
+    """A hash of everything provisioning depends on; a change means provisioning runs again."""
+    inputs = {
+        "version": PROVISIONING_VERSION,
+        "app": ctx.app.name,
+        "user": ctx.app.server.username,
+        "root": ctx.layout.root,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+@task(name=NAME, task_run_name=NAME, cache_policy=NO_CACHE, persist_result=False)
+def provision_server(ctx: DeployContext) -> State | None:
+    log = StepLog()
+    host = ctx.host()
+    for note in host.notes:
+        log.warning(note)
+    layout = ctx.layout
+    wanted = provisioning_fingerprint(ctx)
+
+    marker = CollectingSink(log)
+    done = host.run(c.read_file(layout.provisioned_marker), marker, timeout=TIMEOUT, check=False)
+    already = done.exit_code == 0 and marker.stdout().strip() == wanted
+
+    docker = host.run(c.docker_server_version(), log, timeout=TIMEOUT, check=False)
+    if docker.exit_code != 0:
+        raise StepFailed(
+            f"the Docker engine is not usable by {ctx.app.server.username} on the server "
+            f"(`{docker.command}` exited with {docker.exit_code}): install Docker, start it, "
+            "and add the user to the `docker` group",
+            evidence=docker.tail,
+        )
+    git = host.run(c.git_version(), log, timeout=TIMEOUT, check=False)
+    if git.exit_code != 0:
+        raise StepFailed("git is not installed on the server: install it (e.g. apt-get "
+                         "install git)", evidence=git.tail)
+    if already:
+        return Completed(name=SKIPPED_STATE_NAME,
+                         message="Already provisioned with the same inputs.")
+
+    host.run(c.make_dirs(layout.root), log, timeout=TIMEOUT)
+    host.write_file(layout.provisioned_marker, wanted.encode() + b"\n", mode=0o644)
+    log.info("recorded provisioning fingerprint %s in %s", wanted[:12], layout.provisioned_marker)
+    return None

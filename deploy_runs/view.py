@@ -1,0 +1,88 @@
+"""How runs look in a terminal: the product page's indicators (gray, blue animated, green, red,
+gray strikethrough) with rich."""
+
+from __future__ import annotations
+
+from rich.console import Group, RenderableType
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from deploy_runs.models import Run
+from deploy_runs.status import RUN_INDICATORS, STEP_INDICATORS, Indicator, RunStatus, StepStatus
+
+_COLOURS = {"gray": "grey58", "blue": "dodger_blue1", "green": "green3", "red": "red3",
+            "yellow": "yellow3"}
+
+
+def _style(indicator: Indicator) -> str:
+    style = _COLOURS.get(indicator.colour, indicator.colour)
+    return f"{style} strike" if indicator.strikethrough else style
+
+
+def _mark(indicator: Indicator) -> RenderableType:
+    if indicator.animated:
+        return Spinner("dots", style=_style(indicator))
+    return Text(indicator.symbol, style=_style(indicator))
+
+
+def run_status_text(status: RunStatus) -> Text:
+    indicator = RUN_INDICATORS[status]
+    return Text(f"{indicator.symbol} {status}", style=_style(indicator))
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}s"
+
+
+def render_run(run: Run) -> RenderableType:
+    head = Text.assemble(
+        ("Run ", "bold"), (str(run.id), "bold"), "  ", (run.name, "magenta"), "\n",
+        "app ", (run.app, "bold"), "   status ", run_status_text(run.status),
+        "   commit ", (run.commit[:12] if run.commit else "-", "cyan"),
+        (f"  {run.commit_message}" if run.commit_message else "", "grey58"),
+        f"   duration {_seconds(run.duration)}" if run.duration is not None else "",
+    )
+    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
+    table.add_column("", width=2)
+    table.add_column("step")
+    table.add_column("status")
+    table.add_column("time", justify="right")
+    table.add_column("note", overflow="fold")
+    for step in run.steps:
+        indicator = STEP_INDICATORS[step.status]
+        table.add_row(_mark(indicator), Text(step.name, style=_style(indicator)),
+                      Text(str(step.status), style=_style(indicator)),
+                      _seconds(step.duration), Text(step.message or "", style="grey58"))
+    parts: list[RenderableType] = [head, table]
+    if run.error:
+        error = run.error
+        lines = Text.assemble(("✖ ", "red3"), (f"{error.step} failed: ", "bold red3"),
+                              (error.message, "red3"))
+        if error.command:
+            lines.append(f"\n  command:   $ {error.command}")
+        if error.exit_code is not None:
+            lines.append(f"\n  exit code: {error.exit_code}")
+        for line in error.output_tail[-15:]:
+            lines.append(f"\n  | {line[:300]}", style="grey70")
+        parts.append(lines)
+    return Group(*parts)
+
+
+def render_runs(runs: list[Run]) -> RenderableType:
+    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
+    table.add_column("")
+    table.add_column("run", no_wrap=True, min_width=36)
+    for column in ("app", "status", "commit", "created", "duration"):
+        table.add_column(column, no_wrap=True)
+    for run in runs:
+        indicator = RUN_INDICATORS[run.status]
+        table.add_row(_mark(indicator), str(run.id), run.app, run_status_text(run.status),
+                      run.commit[:12] if run.commit else "-",
+                      run.created_at.strftime("%m-%d %H:%M:%S") if run.created_at else "",
+                      _seconds(run.duration))
+    return table
+
+
+def step_is_active(run: Run) -> bool:
+    return any(step.status is StepStatus.RUNNING for step in run.steps)

@@ -1,0 +1,1 @@
+"""The Prefect flows that prefect.yaml names."""
