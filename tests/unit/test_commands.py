@@ -1,0 +1,68 @@
+"""Command builders: data, quoted in one place, inert against shell metacharacters."""
+
+import shlex
+
+import pytest
+
+from deploy_runs import commands as c
+
+
+def test_command_renders_exactly_what_runs_with_quoting():
+    command = c.cmd("echo", "a b", "$(touch /tmp/x)", "it's")
+    assert str(command) == "echo 'a b' '$(touch /tmp/x)' 'it'\"'\"'s'"
+    assert shlex.split(str(command)) == ["echo", "a b", "$(touch /tmp/x)", "it's"]
+
+
+@pytest.mark.parametrize("evil", ["; touch /tmp/canary", "$(touch /tmp/canary)",
+                                  "`touch /tmp/canary`", "a\ntouch /tmp/canary", "'\"'"])
+def test_hostile_values_stay_single_arguments(evil):
+    command = c.docker_run("app-web", "img:1", ports=[(80, 8080)], env={"X": evil},
+                           env_file=None, label_values={"k": evil})
+    assert shlex.split(str(command)) == list(command.argv)
+    assert f"X={evil}" in command.argv
+
+
+def test_docker_build_names_tag_dockerfile_labels_and_context():
+    command = c.docker_build("deploy-runs/hello-web:abc", "deploy-runs/apps/hello/repo/Dockerfile",
+                             "deploy-runs/apps/hello/repo", c.labels(app="hello"))
+    assert command.argv == ("docker", "build", "--tag", "deploy-runs/hello-web:abc",
+                            "--file", "deploy-runs/apps/hello/repo/Dockerfile",
+                            "--label", "deploy-runs.app=hello", "deploy-runs/apps/hello/repo")
+
+
+def test_docker_run_starts_with_init_ports_env_file_and_labels():
+    command = c.docker_run("hello-web", "img:1", ports=[(18080, 8080)], env={"A": "1"},
+                           env_file="deploy-runs/apps/hello/web.env",
+                           label_values=c.labels(app="hello", service="web", run="r1"))
+    argv = command.argv
+    assert argv[:3] == ("docker", "run", "--detach")
+    assert "--init" in argv
+    assert ("--publish", "18080:8080") == argv[argv.index("--publish"):argv.index("--publish") + 2]
+    assert "A=1" in argv and "--env-file" in argv
+    assert "deploy-runs.run=r1" in argv
+    assert argv[-1] == "img:1"
+
+
+def test_git_commands_cannot_be_turned_into_options():
+    assert c.git_clone("-oProxyCommand=x", "dest").argv[-3] == "--"
+    assert "--end-of-options" in c.git_resolve("repo", "main").argv
+    assert c.git_resolve("repo", "origin/main").argv[-1] == "origin/main^{commit}"
+
+
+def test_layout_is_relative_to_the_users_home():
+    layout = c.AppLayout("hello")
+    assert layout.repo == "deploy-runs/apps/hello/repo"
+    assert layout.in_repo(".") == layout.repo
+    assert layout.in_repo("web") == "deploy-runs/apps/hello/repo/web"
+    assert layout.env_file("web") == "deploy-runs/apps/hello/web.env"
+
+
+def test_pgid_report_wraps_command_and_kill_targets_the_group():
+    line = c.with_pgid_report(c.cmd("sleep", "5"))
+    assert line == f"echo {c.PID_LINE_PREFIX}$$ >&2; exec sleep 5"
+    assert c.kill_process_group(1234).argv == ("kill", "-KILL", "--", "-1234")
+
+
+def test_image_and_container_names():
+    assert c.image_tag("shop", "api", "0123456789abcdef") == "deploy-runs/shop-api:0123456789ab"
+    assert c.container_name("shop", "api") == "shop-api"

@@ -1,0 +1,115 @@
+"""App specs are validated at the edge: every problem is refused with the field named."""
+
+from pathlib import Path
+
+import pytest
+
+from blocks import SSHServer
+from deploy_runs.errors import ConfigError
+from deploy_runs.spec import load_spec, parse_spec, to_application
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SERVER = SSHServer(host="127.0.0.1", port=2222, private_key="not-used",
+                   host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKYbsOHshlYwWdyJ")
+
+
+def spec(**overrides):
+    data = {
+        "name": "hello", "repository": "git://127.0.0.1:9418/hello.git", "server": "s",
+        "services": [{"name": "web", "container_port": 8080, "host_port": 18080}],
+    }
+    data.update(overrides)
+    return data
+
+
+def problems(data):
+    with pytest.raises(ConfigError) as info:
+        to_application(parse_spec(data), SERVER, environ={})
+    return info.value.problems
+
+
+@pytest.mark.parametrize("example", ["hello", "shop"])
+def test_the_examples_are_valid(example):
+    application = to_application(load_spec(EXAMPLES / example / "app.yaml"), SERVER, environ={})
+    assert application.name == example
+
+
+def test_missing_fields_are_named():
+    data = spec()
+    del data["repository"]
+    data["services"] = [{"name": "web", "host_port": 80}]
+    found = problems(data)
+    assert "repository: Field required" in found
+    assert "services.0.container_port: Field required" in found
+
+
+def test_bad_port_is_named():
+    found = problems(spec(services=[{"name": "web", "container_port": 8080, "host_port": 70000}]))
+    assert found == ["services.0.host_port: Input should be less than or equal to 65535"]
+
+
+def test_unknown_field_is_refused_not_ignored():
+    found = problems(spec(servces=[]))
+    assert found == ["servces: Extra inputs are not permitted"]
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("name", "Hello World"), ("name", "a;rm -rf /"), ("branch", "--upload-pack=x"),
+    ("branch", "main;touch x"), ("repository", "-oProxyCommand=x"), ("repository", "a b"),
+])
+def test_unsafe_names_refs_and_urls_are_refused(field, value):
+    found = problems(spec(**{field: value}))
+    assert any(p.startswith(f"{field}:") for p in found), found
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("name", "Web"), ("context", "../outside"), ("dockerfile", "/etc/passwd"),
+    ("env", {"BAD-NAME": "x"}), ("env", {"A": "two\nlines"}),
+])
+def test_unsafe_service_fields_are_refused(field, value):
+    service = {"name": "web", "container_port": 8080, "host_port": 18080, field: value}
+    found = problems(spec(services=[service]))
+    assert any(p.startswith(f"services.0.{field}") for p in found), found
+
+
+def test_health_check_path_must_be_a_path():
+    service = {"name": "web", "container_port": 8080, "host_port": 18080,
+               "health_check": {"path": "/ok; touch x"}}
+    assert any(p.startswith("services.0.health_check.path") for p in problems(spec(services=[service])))
+
+
+def test_duplicate_services_and_ports_are_refused():
+    services = [{"name": "web", "container_port": 8080, "host_port": 18080},
+                {"name": "web", "container_port": 8080, "host_port": 18080}]
+    found = problems(spec(services=services))
+    assert any("duplicate service name" in p for p in found), found
+
+
+def test_secret_values_come_from_the_environment():
+    service = {"name": "web", "container_port": 8080, "host_port": 18080,
+               "secret_env": {"TOKEN": "${HELLO_TOKEN}", "PLAIN": "literal"}}
+    application = to_application(parse_spec(spec(services=[service])), SERVER,
+                                 environ={"HELLO_TOKEN": "s3cret"})
+    assert application.secrets_for("web") == {"TOKEN": "s3cret", "PLAIN": "literal"}
+    assert "s3cret" not in repr(application)
+
+
+def test_missing_secret_environment_variable_is_named():
+    service = {"name": "web", "container_port": 8080, "host_port": 18080,
+               "secret_env": {"TOKEN": "${NOT_SET_ANYWHERE}"}}
+    assert problems(spec(services=[service])) == [
+        "services.0.secret_env.TOKEN: environment variable NOT_SET_ANYWHERE is not set"]
+
+
+def test_yaml_errors_and_missing_files_are_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_spec(bad)
+    with pytest.raises(ConfigError, match="No such file"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_server_host_key_must_be_a_key_line():
+    with pytest.raises(ValueError, match="host_key"):
+        SSHServer(host="h", private_key="k", host_key="not a key")
