@@ -31,6 +31,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from blocks.application import check_ref
 from deploy_runs.errors import AppNotFound, ConfigError, RunNotFound, WaitTimeout
+from deploy_runs.logs import LogLine, read_logs
 from deploy_runs.models import Failure, Run
 from deploy_runs.record import FAILURE_KEY, RUN_TAG, app_tag
 from deploy_runs.runs import DEPLOY_FLOW, run_from_prefect
@@ -102,6 +103,12 @@ class AsyncDeployRuns:
             )
             return await self._assemble(client, flow_runs)
 
+    async def logs(self, run_id: UUID | str, step: str | None = None) -> list[LogLine]:
+        """Every log line of the run (or of one step), oldest first."""
+        async with get_client() as client:
+            flow_run = await self._read_flow_run(client, _run_id(run_id))
+            return await read_logs(client, flow_run.id, step)
+
     # ------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -163,6 +170,9 @@ class DeployRuns:
 
     def runs(self, app: str | None = None, limit: int = 50) -> list[Run]:
         return self._sync(self._async.runs(app, limit))
+
+    def logs(self, run_id: UUID | str, step: str | None = None) -> list[LogLine]:
+        return self._sync(self._async.logs(run_id, step))
 
 
 __all__ = ["AsyncDeployRuns", "DeployRuns", "RunStatus"]

@@ -89,7 +89,7 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="backslashreplace")
 
 
-def _public_key(line: str) -> paramiko.PKey:
+def public_key(line: str) -> paramiko.PKey:
     kind, blob = line.split()[:2]
     return paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
 
@@ -148,7 +148,7 @@ class RemoteHost:
             _HostKeyPolicy(addr.accept_unknown_host_key, self.notes))
         expected = None
         if addr.host_key:
-            expected = _public_key(addr.host_key)
+            expected = public_key(addr.host_key)
             entry = addr.host if addr.port == 22 else f"[{addr.host}]:{addr.port}"
             client.get_host_keys().add(entry, expected.get_name(), expected)
         try:

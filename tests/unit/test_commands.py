@@ -37,7 +37,7 @@ def test_docker_run_starts_with_init_ports_env_file_and_labels():
     argv = command.argv
     assert argv[:3] == ("docker", "run", "--detach")
     assert "--init" in argv
-    assert ("--publish", "18080:8080") == argv[argv.index("--publish"):argv.index("--publish") + 2]
+    assert argv[argv.index("--publish"):argv.index("--publish") + 2] == ("--publish", "18080:8080")
     assert "A=1" in argv and "--env-file" in argv
     assert "deploy-runs.run=r1" in argv
     assert argv[-1] == "img:1"

@@ -1,0 +1,171 @@
+"""Real parts for integration tests, started once per session by the project's own code.
+
+- the sandbox (`deploy_runs.sandbox`): sshd on 127.0.0.1:2222 + Docker engine + git daemon;
+- a Prefect server on a free port with its own SQLite database (or DEPLOY_RUNS_TEST_API_URL);
+- a process worker for the deploy-runs work pool.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from blocks import Application
+from deploy_runs import DeployRuns, sandbox
+from deploy_runs.gitrepo import publish
+from deploy_runs.prefect_local import start_server, start_worker, stop
+from deploy_runs.sandbox_blocks import save_server_blocks
+from deploy_runs.spec import load_server, parse_spec, register, to_application
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str,
+             interval: float = 0.1) -> object:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=timeout) as answer:
+        return answer.status, answer.read().decode()
+
+
+@pytest.fixture(scope="session")
+def sandbox_info() -> sandbox.SandboxInfo:
+    sandbox.install()
+    return sandbox.up()
+
+
+@pytest.fixture(scope="session")
+def prefect_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("prefect")
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_state: Path) -> Iterator[str]:
+    url = os.environ.get("DEPLOY_RUNS_TEST_API_URL")
+    started = not url
+    if started:
+        url = start_server(free_port(), state=prefect_state)
+    os.environ["PREFECT_API_URL"] = url  # for the worker and CLI subprocesses
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url
+    if started:
+        stop(prefect_state)
+
+
+@pytest.fixture(scope="session")
+def worker(prefect_api: str, prefect_state: Path) -> int:
+    return start_worker(prefect_api, state=prefect_state)
+
+
+@pytest.fixture(scope="session")
+def server_blocks(sandbox_info: sandbox.SandboxInfo, prefect_api: str) -> list[str]:
+    return save_server_blocks(sandbox_info)
+
+
+@pytest.fixture(scope="session")
+def client(prefect_api: str) -> DeployRuns:
+    return DeployRuns()
+
+
+@dataclass
+class SampleApp:
+    """A sample application made for one test: its own name, git repository and ports."""
+
+    name: str
+    source: Path
+    bare_repo: Path
+    application: Application
+    commits: list[str] = field(default_factory=list)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {s.name: s.host_port for s in self.application.services}
+
+    def url(self, service: str | None = None) -> str:
+        service = service or self.application.services[0].name
+        return f"http://127.0.0.1:{self.ports[service]}/"
+
+    def push(self, files: dict[str, str], message: str) -> str:
+        """Change files of the app's source and push them as a new commit."""
+        for path, content in files.items():
+            target = self.source / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+        sha = publish(self.source, self.bare_repo, message)
+        self.commits.append(sha)
+        return sha
+
+
+@pytest.fixture(scope="session")
+def docker_client(sandbox_info: sandbox.SandboxInfo) -> Iterator[docker.DockerClient]:
+    client = docker.DockerClient(base_url=sandbox_info.host("local").docker_host)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def make_app(sandbox_info, server_blocks, worker, docker_client, tmp_path_factory):
+    """Factory: a copy of an example (with files changed or added), published as a real git
+    repository in the sandbox, saved as an Application block with its deployment."""
+    made: list[SampleApp] = []
+
+    def make(example: str = "hello", files: dict[str, str] | None = None,
+             spec_changes: dict | None = None, server: str = "sandbox-local") -> SampleApp:
+        name = f"t-{example}-{uuid.uuid4().hex[:6]}"
+        source = tmp_path_factory.mktemp(name) / "src"
+        shutil.copytree(EXAMPLES / example, source)
+        spec = yaml.safe_load((source / "app.yaml").read_text())
+        bare = sandbox_info.git_dir / f"{name}.git"
+        spec.update(name=name, repository=f"{sandbox_info.host('local').git_base_url}{name}.git",
+                    server=server)
+        for service in spec["services"]:
+            service["host_port"] = free_port()
+            service.setdefault("health_check", {})["timeout"] = 15
+        spec.update(spec_changes or {})
+        application = to_application(parse_spec(spec), load_server(server), environ={})
+        register(application)
+        app = SampleApp(name, source, bare, application)
+        app.push(files or {}, f"{name}: first commit")
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        for container in docker_client.containers.list(
+                all=True, filters={"label": f"deploy-runs.app={app.name}"}):
+            container.remove(force=True)
+        shutil.rmtree(app.bare_repo, ignore_errors=True)
