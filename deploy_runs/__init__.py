@@ -1,35 +1,45 @@
-"""deploy-runs: deploy applications over SSH and Docker; every deploy is a Prefect run."""
+"""deploy-runs: deploy applications over SSH and Docker; every deploy is a Prefect run.
 
-from deploy_runs.client import AsyncDeployRuns, DeployRuns
-from deploy_runs.errors import (
-    AppNotFound,
-    CommandFailed,
-    ConfigError,
-    ConnectionFailed,
-    DeployRunsError,
-    HostKeyError,
-    InvalidControl,
-    RunNotFound,
-    WaitTimeout,
-)
-from deploy_runs.models import Failure, Run, Step
-from deploy_runs.status import RunStatus, StepStatus
+Names are imported on first use, so that light parts (the sandbox, the CLI's --help) do not pay
+for importing Prefect.
+"""
 
-__all__ = [
-    "AppNotFound",
-    "AsyncDeployRuns",
-    "CommandFailed",
-    "ConfigError",
-    "ConnectionFailed",
-    "DeployRuns",
-    "DeployRunsError",
-    "Failure",
-    "HostKeyError",
-    "InvalidControl",
-    "Run",
-    "RunNotFound",
-    "RunStatus",
-    "Step",
-    "StepStatus",
-    "WaitTimeout",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AsyncDeployRuns": "deploy_runs.client",
+    "DeployRuns": "deploy_runs.client",
+    "AppNotFound": "deploy_runs.errors",
+    "CommandFailed": "deploy_runs.errors",
+    "ConfigError": "deploy_runs.errors",
+    "ConnectionFailed": "deploy_runs.errors",
+    "DeployRunsError": "deploy_runs.errors",
+    "HostKeyError": "deploy_runs.errors",
+    "InvalidControl": "deploy_runs.errors",
+    "RunNotFound": "deploy_runs.errors",
+    "WaitTimeout": "deploy_runs.errors",
+    "LogLine": "deploy_runs.logs",
+    "Failure": "deploy_runs.models",
+    "Run": "deploy_runs.models",
+    "Step": "deploy_runs.models",
+    "RunStatus": "deploy_runs.status",
+    "StepStatus": "deploy_runs.status",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'deploy_runs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
