@@ -112,6 +112,34 @@ def runs(
     _print_json(found) if as_json else console.print(render_runs(found))
 
 
+def _control(action: str, run_id: str) -> None:
+    client = _client()
+    run = getattr(client, action)(run_id)
+    console.print(render_run(run))
+
+
+@app.command()
+@friendly
+def pause(run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:
+    """Pause RUN: the running step finishes, then the run waits."""
+    _control("pause", run_id)
+
+
+@app.command()
+@friendly
+def resume(run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:
+    """Resume paused RUN: it continues with the next step."""
+    _control("resume", run_id)
+
+
+@app.command()
+@friendly
+def stop(run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:
+    """Stop RUN: the running step is interrupted (its command killed on the server), no
+    further step starts; finished steps are not rolled back."""
+    _control("stop", run_id)
+
+
 @apps_app.command("add")
 @friendly
 def apps_add(spec: Annotated[Path, typer.Argument(help="App spec YAML file.")]) -> None:

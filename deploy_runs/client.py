@@ -24,13 +24,15 @@ from prefect.client.schemas.filters import (
     TaskRunFilter,
     TaskRunFilterFlowRunId,
 )
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from blocks.application import check_ref
-from deploy_runs.errors import AppNotFound, ConfigError, RunNotFound, WaitTimeout
+from deploy_runs.controls import CONTROL_LABEL, PAUSE, STOP, requested
+from deploy_runs.errors import AppNotFound, ConfigError, InvalidControl, RunNotFound, WaitTimeout
 from deploy_runs.logs import LogLine, read_logs
 from deploy_runs.models import Failure, Run
 from deploy_runs.record import FAILURE_KEY, RUN_TAG, app_tag
@@ -54,8 +56,11 @@ def _run_id(run_id: UUID | str) -> UUID:
 class AsyncDeployRuns:
     """Deploy applications and read their runs (async)."""
 
-    async def deploy(self, app: str, ref: str | None = None) -> Run:
-        """Start a run of `app` through its Prefect deployment; returns at once (Started)."""
+    async def deploy(self, app: str, ref: str | None = None,
+                     pause_timeout: float | None = None) -> Run:
+        """Start a run of `app` through its Prefect deployment; returns at once (Started).
+
+        `pause_timeout`: how long the run may stay paused before it ends Stopped."""
         if ref is not None:
             try:
                 check_ref(ref)
@@ -68,8 +73,11 @@ class AsyncDeployRuns:
                 raise AppNotFound(
                     f"no application {app!r}: add it with `deploy-runs apps add SPEC.yaml`"
                 ) from None
+            parameters: dict[str, Any] = {"app": app, "ref": ref}
+            if pause_timeout is not None:
+                parameters["pause_timeout"] = pause_timeout
             flow_run = await client.create_flow_run_from_deployment(
-                deployment.id, parameters={"app": app, "ref": ref},
+                deployment.id, parameters=parameters,
                 tags=[RUN_TAG, app_tag(app)],
             )
         return run_from_prefect(flow_run, [])
@@ -102,6 +110,63 @@ class AsyncDeployRuns:
                 limit=limit,
             )
             return await self._assemble(client, flow_runs)
+
+    # Run controls ------------------------------------------------------------------------------
+
+    async def pause(self, run_id: UUID | str) -> Run:
+        """Pause: the running step finishes, then the run waits (Paused). Idempotent."""
+        async with get_client() as client:
+            flow_run, run = await self._current(client, run_id)
+            if run.status.is_final:
+                raise InvalidControl(f"cannot pause run {run.id}: it has already ended "
+                                     f"({run.status})")
+            if run.status is not RunStatus.PAUSED and requested(flow_run) != PAUSE:
+                if requested(flow_run) == STOP:
+                    raise InvalidControl(f"cannot pause run {run.id}: it is being stopped")
+                await client.update_flow_run_labels(flow_run.id, {CONTROL_LABEL: PAUSE})
+            return await self.get_run(flow_run.id)
+
+    async def resume(self, run_id: UUID | str) -> Run:
+        """Resume a paused run: it continues with the next step (finished steps never re-run).
+
+        A pause that was requested but not reached yet is withdrawn."""
+        async with get_client() as client:
+            flow_run, run = await self._current(client, run_id)
+            if run.status is RunStatus.PAUSED:
+                if requested(flow_run) == PAUSE:
+                    await client.update_flow_run_labels(flow_run.id, {CONTROL_LABEL: ""})
+                await client.resume_flow_run(flow_run.id)
+            elif not run.status.is_final and requested(flow_run) == PAUSE:
+                await client.update_flow_run_labels(flow_run.id, {CONTROL_LABEL: ""})
+            else:
+                raise InvalidControl(f"cannot resume run {run.id}: it is {run.status}, "
+                                     "not Paused")
+            return await self.get_run(flow_run.id)
+
+    async def stop(self, run_id: UUID | str) -> Run:
+        """Stop: no further step starts, the running step is interrupted and its command killed
+        on the server, remaining steps are Skipped; finished steps are not rolled back."""
+        async with get_client() as client:
+            flow_run, run = await self._current(client, run_id)
+            if run.status.is_final:
+                raise InvalidControl(f"cannot stop run {run.id}: it has already ended "
+                                     f"({run.status})")
+            await client.update_flow_run_labels(flow_run.id, {CONTROL_LABEL: STOP})
+            state = flow_run.state
+            waiting = state is None or (state.type in (StateType.SCHEDULED, StateType.PENDING)
+                                        and state.name != "Resuming")
+            suspended = bool(state and state.type is StateType.PAUSED
+                             and state.name == "Suspended")
+            if waiting or suspended:
+                # No flow process is running it (yet, or any more): end it here.
+                where = "while suspended" if suspended else "before it started running"
+                await client.set_flow_run_state(
+                    flow_run.id, Cancelled(message=f"Stopped by request {where}."), force=True)
+            return await self.get_run(flow_run.id)
+
+    async def _current(self, client: PrefectClient, run_id: UUID | str) -> tuple[FlowRun, Run]:
+        flow_run = await self._read_flow_run(client, _run_id(run_id))
+        return flow_run, (await self._assemble(client, [flow_run]))[0]
 
     async def logs(self, run_id: UUID | str, step: str | None = None) -> list[LogLine]:
         """Every log line of the run (or of one step), oldest first."""
@@ -159,8 +224,9 @@ class DeployRuns:
     def _sync(coro: Coroutine[Any, Any, T]) -> T:
         return run_coro_as_sync(coro)  # type: ignore[return-value]
 
-    def deploy(self, app: str, ref: str | None = None) -> Run:
-        return self._sync(self._async.deploy(app, ref))
+    def deploy(self, app: str, ref: str | None = None,
+               pause_timeout: float | None = None) -> Run:
+        return self._sync(self._async.deploy(app, ref, pause_timeout))
 
     def get_run(self, run_id: UUID | str) -> Run:
         return self._sync(self._async.get_run(run_id))
@@ -170,6 +236,15 @@ class DeployRuns:
 
     def runs(self, app: str | None = None, limit: int = 50) -> list[Run]:
         return self._sync(self._async.runs(app, limit))
+
+    def pause(self, run_id: UUID | str) -> Run:
+        return self._sync(self._async.pause(run_id))
+
+    def resume(self, run_id: UUID | str) -> Run:
+        return self._sync(self._async.resume(run_id))
+
+    def stop(self, run_id: UUID | str) -> Run:
+        return self._sync(self._async.stop(run_id))
 
     def logs(self, run_id: UUID | str, step: str | None = None) -> list[LogLine]:
         return self._sync(self._async.logs(run_id, step))

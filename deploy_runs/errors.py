@@ -74,3 +74,7 @@ class StepFailed(DeployRunsError):
     def __init__(self, message: str, evidence: list[str] | None = None) -> None:
         self.evidence = evidence or []
         super().__init__(message)
+
+
+class StepStopped(DeployRunsError):
+    """The step was interrupted by a Stop request (not a failure of the step itself)."""

@@ -4,16 +4,21 @@ the structured failure (as a flow-run input, Prefect's per-run key-value store).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
 
+from deploy_runs.commands import image_tag
 from deploy_runs.errors import CommandFailed, StepFailed
 from deploy_runs.models import Failure
 
 LABEL = "deploy-runs"
 RUN_TAG = "deploy-runs"
 FAILURE_KEY = "deploy-runs-failure"
+
+if TYPE_CHECKING:
+    from deploy_runs.steps.context import DeployContext
 
 
 def app_tag(app: str) -> str:
@@ -55,6 +60,25 @@ class RunRecorder:
                 fact_label("commit"): commit,
                 fact_label("commit-message"): message[:500],
             })
+
+    def restore(self, ctx: DeployContext) -> set[str]:
+        """Steps this run already finished (a restart after a suspend), with their facts put
+        back into `ctx`. Empty for a new run."""
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+        with get_client(sync_client=True) as client:
+            task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[self.run_id])))
+            if not task_runs:
+                return set()
+            labels = client.read_flow_run(self.run_id).labels or {}
+        done = {t.name for t in task_runs if t.state and t.state.is_completed()}
+        if labels.get(fact_label("commit")):
+            ctx.commit = str(labels[fact_label("commit")])
+            ctx.commit_message = str(labels.get(fact_label("commit-message")) or "")
+            ctx.images = {s.name: image_tag(ctx.app.name, s.name, ctx.commit)
+                          for s in ctx.app.services}
+        return done
 
     def failure(self, failure: Failure) -> None:
         with get_client(sync_client=True) as client:

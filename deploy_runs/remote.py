@@ -22,6 +22,7 @@ from deploy_runs.errors import (
     ConnectionFailed,
     ConnectionLost,
     HostKeyError,
+    StepStopped,
 )
 
 TAIL_LINES = 40
@@ -130,6 +131,8 @@ class RemoteHost:
     def __init__(self, address: ServerAddress) -> None:
         self.address = address
         self.notes: list[str] = []
+        self.interrupted: str | None = None
+        self._running_pgid: int | None = None
         self._client: paramiko.SSHClient | None = None
 
     def __enter__(self) -> RemoteHost:
@@ -211,6 +214,8 @@ class RemoteHost:
         is killed on the server before the exception leaves this method.
         """
         text = str(command)
+        if self.interrupted:
+            raise StepStopped(self.interrupted)
         if not quiet:
             sink.command(text)
         try:
@@ -227,14 +232,18 @@ class RemoteHost:
             nonlocal pgid
             for line in lines:
                 if pgid is None and stream == "stderr" and line.startswith(PID_LINE_PREFIX):
-                    pgid = int(line[len(PID_LINE_PREFIX):])
+                    pgid = self._running_pgid = int(line[len(PID_LINE_PREFIX):])
                     continue
                 tail.append(line)
                 sink.line(stream, line)
 
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         try:
             while True:
+                if self.interrupted and (pgid is not None or time.monotonic() - started > 2):
+                    self._kill(pgid)
+                    raise StepStopped(self.interrupted)
                 got = False
                 if channel.recv_ready():
                     emit("stdout", streams["stdout"].feed(channel.recv(_CHUNK)))
@@ -264,11 +273,23 @@ class RemoteHost:
                 self._kill(pgid)
             channel.close()
             raise
+        finally:
+            self._running_pgid = None
         channel.close()
+        if self.interrupted:
+            raise StepStopped(self.interrupted)
         result = CommandResult(text, exit_code, list(tail))
         if check and exit_code != 0:
             raise CommandFailed(text, exit_code, list(tail))
         return result
+
+    def interrupt(self, reason: str) -> None:
+        """Stop: kill the running command on the server now; no further command starts.
+
+        Safe to call from another thread than the one running the command.
+        """
+        self.interrupted = reason
+        self._kill(self._running_pgid)
 
     def is_connected(self) -> bool:
         transport = self._client.get_transport() if self._client else None

@@ -8,6 +8,7 @@ from uuid import UUID
 
 from blocks import Application
 from deploy_runs.commands import AppLayout
+from deploy_runs.errors import StepStopped
 from deploy_runs.remote import RemoteHost, ServerAddress
 
 
@@ -19,6 +20,7 @@ class DeployContext:
     commit: str | None = None
     commit_message: str | None = None
     images: dict[str, str] = field(default_factory=dict)
+    stopped: str | None = None
     _host: RemoteHost | None = field(default=None, repr=False)
 
     @property
@@ -39,13 +41,26 @@ class DeployContext:
 
     def host(self) -> RemoteHost:
         """The run's SSH connection, opened on first use and reopened if it dropped."""
+        self.check_stopped()
         if self._host is None or not self._host.is_connected():
             if self._host is not None:
                 self._host.close()
             host = RemoteHost(self.server_address())
+            host.interrupted = self.stopped
             host.connect()
             self._host = host
         return self._host
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the running step now (called from the stop watcher's thread)."""
+        self.stopped = reason
+        if self._host is not None:
+            self._host.interrupt(reason)
+
+    def check_stopped(self) -> None:
+        """For steps that wait without a remote command running (e.g. health probes)."""
+        if self.stopped:
+            raise StepStopped(self.stopped)
 
     def close(self) -> None:
         if self._host is not None:

@@ -60,12 +60,14 @@ def probe(host: RemoteHost, service: Service) -> tuple[bool, str]:
         channel.close()
 
 
-def wait_healthy(host: RemoteHost, service: Service, log: StepLog) -> tuple[bool, list[str]]:
+def wait_healthy(ctx: DeployContext, host: RemoteHost, service: Service,
+                 log: StepLog) -> tuple[bool, list[str]]:
     check = service.health_check
     deadline = time.monotonic() + check.timeout
     answers: list[str] = []
     last, repeats = None, 0
     while True:
+        ctx.check_stopped()
         healthy, answer = probe(host, service)
         if answer != last:
             log.info("probe %s: %s", service.name, answer)
@@ -100,7 +102,7 @@ def health_check(ctx: DeployContext) -> dict[str, str]:
     host = ctx.host()
     healthy: dict[str, str] = {}
     for service in ctx.app.services:
-        ok, answers = wait_healthy(host, service, log)
+        ok, answers = wait_healthy(ctx, host, service, log)
         if not ok:
             found = evidence(host, ctx, service, log)
             raise StepFailed(

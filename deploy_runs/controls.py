@@ -1,0 +1,135 @@
+"""Run controls: Pause, Resume, Stop.
+
+Prefect cannot tell a running flow "pause after this task", and its cancel reaches neither
+in-process runs nor commands on a remote server. So a control is a *request* written on the
+flow run (the label `deploy-runs.control`), and the flow acts on it itself:
+
+- between steps, `Checkpoint.before_step` reads the request: Stop ends the run Stopped; Pause
+  puts the run in Prefect's PAUSED state and waits (polling) for Resume, Stop, a Prefect cancel
+  or the pause timeout (which ends the run Stopped, not Failed);
+- during a step, `StopWatcher` (a thread) reads the flow run every `POLL` seconds; on a Stop
+  request or a Prefect cancel (UI Cancel, `prefect flow-run cancel`) it interrupts the running
+  step, which kills the step's command on the server by its process group.
+
+Reading the flow run gives both the request (labels) and the state in one API call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.states import Paused
+from prefect.utilities.engine import propose_state_sync
+
+from deploy_runs.record import fact_label
+
+CONTROL_LABEL = fact_label("control")
+PAUSE, STOP = "pause", "stop"
+POLL = 0.2
+
+
+def requested(flow_run: FlowRun) -> str | None:
+    value = (flow_run.labels or {}).get(CONTROL_LABEL)
+    return str(value) if value in (PAUSE, STOP) else None
+
+
+def cancel_requested(flow_run: FlowRun) -> bool:
+    """Prefect's own cancel (UI Cancel button, `prefect flow-run cancel`) means Stop."""
+    state = flow_run.state
+    return bool(state and state.type in (StateType.CANCELLING, StateType.CANCELLED))
+
+
+@dataclass(frozen=True)
+class Decision:
+    stop: bool
+    message: str = ""
+
+
+GO = Decision(stop=False)
+
+
+class Checkpoint:
+    """The flow's check between steps. Used only inside the deploy flow."""
+
+    def __init__(self, run_id: UUID, pause_timeout: float,
+                 log: Callable[[str], None] = lambda _: None) -> None:
+        self.run_id = run_id
+        self.pause_timeout = pause_timeout
+        self.log = log
+        self.pauses = 0
+
+    def before_step(self, step: str) -> Decision:
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(self.run_id)
+            if cancel_requested(flow_run) or requested(flow_run) == STOP:
+                return Decision(True, f"Stopped by request before {step}.")
+            if requested(flow_run) == PAUSE:
+                return self._pause(client, step)
+        return GO
+
+    def _pause(self, client: SyncPrefectClient, step: str) -> Decision:
+        self.pauses += 1
+        state = propose_state_sync(
+            client,
+            Paused(timeout_seconds=int(self.pause_timeout), reschedule=False,
+                   pause_key=f"deploy-runs-pause-{self.pauses}",
+                   message=f"Paused by request before {step}."),
+            flow_run_id=self.run_id,
+        )
+        if not state.is_paused():
+            return GO
+        self.log(f"paused before {step}; waiting for resume or stop "
+                 f"(stops by itself after {self.pause_timeout:g}s)")
+        deadline = time.monotonic() + self.pause_timeout
+        while True:
+            time.sleep(POLL)
+            flow_run = client.read_flow_run(self.run_id)
+            if cancel_requested(flow_run) or requested(flow_run) == STOP:
+                return Decision(True, f"Stopped by request while paused before {step}.")
+            if flow_run.state and flow_run.state.is_running():
+                if requested(flow_run) == PAUSE:
+                    # Resumed from elsewhere (e.g. the Prefect UI): the request is spent.
+                    client.update_flow_run_labels(self.run_id, {CONTROL_LABEL: ""})
+                self.log(f"resumed; continuing with {step}")
+                return GO
+            if time.monotonic() > deadline:
+                return Decision(True, f"Paused for longer than the pause timeout "
+                                      f"({self.pause_timeout:g}s); the run was stopped.")
+
+
+class StopWatcher:
+    """While a step runs, watch for Stop and interrupt the step when it comes."""
+
+    def __init__(self, run_id: UUID, interrupt: Callable[[str], None]) -> None:
+        self.run_id = run_id
+        self.interrupt = interrupt
+        self.stopped: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="deploy-runs-stop-watcher",
+                                        daemon=True)
+
+    def __enter__(self) -> StopWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        with get_client(sync_client=True) as client:
+            while not self._done.wait(POLL):
+                try:
+                    flow_run = client.read_flow_run(self.run_id)
+                except Exception:
+                    continue
+                if cancel_requested(flow_run) or requested(flow_run) == STOP:
+                    self.stopped = "Stopped by request while this step was running."
+                    self.interrupt(self.stopped)
+                    return
