@@ -26,7 +26,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled
 from prefect.utilities.asyncutils import run_coro_as_sync
 
@@ -209,7 +209,7 @@ class AsyncDeployRuns:
 async def _read_failure(client: PrefectClient, run_id: UUID) -> Failure | None:
     try:
         value = await client.read_flow_run_input(run_id, FAILURE_KEY)
-    except ObjectNotFound:
+    except (ObjectNotFound, PrefectHTTPStatusError):
         return None
     return Failure.model_validate_json(value) if value else None
 

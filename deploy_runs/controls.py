@@ -32,6 +32,7 @@ from deploy_runs.record import fact_label
 CONTROL_LABEL = fact_label("control")
 PAUSE, STOP = "pause", "stop"
 POLL = 0.2
+PREFECT_PAUSE_GRACE = 60
 
 
 def requested(flow_run: FlowRun) -> str | None:
@@ -77,7 +78,9 @@ class Checkpoint:
         self.pauses += 1
         state = propose_state_sync(
             client,
-            Paused(timeout_seconds=int(self.pause_timeout), reschedule=False,
+            # Prefect fails a pause that expires; our own deadline (below) comes first and
+            # ends the run Stopped, so Prefect's is only the fallback for a dead process.
+            Paused(timeout_seconds=int(self.pause_timeout) + PREFECT_PAUSE_GRACE, reschedule=False,
                    pause_key=f"deploy-runs-pause-{self.pauses}",
                    message=f"Paused by request before {step}."),
             flow_run_id=self.run_id,

@@ -169,3 +169,27 @@ def make_app(sandbox_info, server_blocks, worker, docker_client, tmp_path_factor
                 all=True, filters={"label": f"deploy-runs.app={app.name}"}):
             container.remove(force=True)
         shutil.rmtree(app.bare_repo, ignore_errors=True)
+
+
+def server_processes(marker: str) -> list[str]:
+    """Command lines of processes on the sandbox server (this machine) that contain `marker`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and "pytest" not in cmdline:
+            found.append(cmdline.strip())
+    return found
+
+
+def slow_build_files(seconds: int, marker: str) -> dict[str, str]:
+    """A Dockerfile whose build runs one slow command, findable on the server by `marker`."""
+    return {"Dockerfile": (
+        "FROM busybox:latest\n"
+        f"RUN sleep {seconds} && echo {marker}\n"
+        "COPY site/ /www/\n"
+        'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')}

@@ -1,0 +1,236 @@
+"""Run controls - Pause, Resume, Stop - on worker runs and in-process runs, from the API, the
+CLI and Prefect's own buttons (suspend, cancel)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.flow_runs import suspend_flow_run
+
+from deploy_runs import InvalidControl, RunNotFound, RunStatus, StepStatus
+from deploy_runs.controls import CONTROL_LABEL
+from deploy_runs.status import STOPPED_STEP_MESSAGE
+
+from .conftest import http_get, server_processes, slow_build_files, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def step_status(client, run_id, name):
+    return client.get_run(run_id).step(name).status
+
+
+def wait_step(client, run_id, name, status, timeout=90):
+    wait_for(lambda: step_status(client, run_id, name) is status, timeout,
+             f"{name} to be {status}")
+
+
+def wait_status(client, run_id, status, timeout=90):
+    return wait_for(lambda: (r := client.get_run(run_id)).status is status and r, timeout,
+                    f"run to be {status}")
+
+
+def build_commands(client, run_id):
+    return [line.text for line in client.logs(run_id)
+            if line.stream == "command" and line.text.startswith("$ docker build")]
+
+
+def marker():
+    return f"deploy-runs-marker-{uuid.uuid4().hex[:10]}"
+
+
+def start_in_process(app_name: str, client, **params) -> str:
+    """Run the flow directly in a process of its own (no worker, no deployment)."""
+    args = ", ".join(f"{k}={v!r}" for k, v in {"app": app_name, **params}.items())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"from flows.deploy import deploy_app; deploy_app({args})"],
+        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    found = wait_for(lambda: client.runs(app=app_name), 60, "the in-process run to appear")
+    run = found[0]
+    assert client.get_run(run.id).app == app_name
+    return str(run.id), proc
+
+
+@pytest.fixture(params=["worker", "in-process"])
+def start(request, client):
+    """Start a run either through the deployment and worker, or in-process."""
+
+    def go(app, **params):
+        if request.param == "worker":
+            return str(client.deploy(app.name, **params).id), None
+        return start_in_process(app.name, client, **params)
+
+    go.mode = request.param
+    return go
+
+
+def test_pause_waits_after_the_running_step_and_resume_continues_from_the_next(
+        client, make_app, start):
+    mark = marker()
+    app = make_app("hello", files=slow_build_files(3, mark))
+    run_id, _ = start(app)
+    wait_for(lambda: server_processes(mark), 90, "the slow build command on the server")
+
+    paused = client.pause(run_id)
+    assert paused.status is RunStatus.IN_PROGRESS, "the running step finishes first"
+    assert client.pause(run_id).status is RunStatus.IN_PROGRESS, "pausing twice = once"
+
+    run = wait_status(client, run_id, RunStatus.PAUSED)
+    assert run.step("Build images").status is StepStatus.COMPLETED
+    assert run.step("Start application").status is StepStatus.PENDING
+    assert client.pause(run_id).status is RunStatus.PAUSED, "pausing a paused run is a no-op"
+
+    resumed = client.resume(run_id)
+    assert resumed.status in (RunStatus.IN_PROGRESS, RunStatus.PAUSED)
+    run = client.wait(run_id, timeout=120)
+    assert run.status is RunStatus.COMPLETED, run.error
+    assert [s.status for s in run.steps] == [StepStatus.COMPLETED] * 5
+    assert len(build_commands(client, run_id)) == 1
+    assert http_get(app.url())[0] == 200
+
+
+def test_pause_requested_before_the_first_step_waits_before_it(client, make_app):
+    app = make_app("hello")
+    run = client.deploy(app.name)
+    client.pause(run.id)
+    run = wait_status(client, run.id, RunStatus.PAUSED)
+    assert [s.status for s in run.steps] == [StepStatus.PENDING] * 5
+    client.resume(run.id)
+    assert client.wait(run.id, timeout=120).status is RunStatus.COMPLETED
+
+
+def test_prefect_suspend_then_resume_does_not_run_finished_steps_again(client, make_app):
+    """The Prefect UI's Pause button suspends a deployment run: the flow process exits and
+    Prefect starts the flow from the top on Resume."""
+    mark = marker()
+    app = make_app("hello", files=slow_build_files(3, mark))
+    run = client.deploy(app.name)
+    wait_for(lambda: server_processes(mark), 90, "the slow build command on the server")
+
+    suspend_flow_run(flow_run_id=run.id, timeout=300)
+    run = wait_status(client, run.id, RunStatus.PAUSED)
+    wait_step(client, run.id, "Build images", StepStatus.COMPLETED)
+    assert client.get_run(run.id).step("Start application").status is StepStatus.PENDING
+
+    client.resume(run.id)
+    run = client.wait(run.id, timeout=120)
+    assert run.status is RunStatus.COMPLETED, run.error
+    logs = client.logs(run.id)
+    assert len(build_commands(client, run.id)) == 1
+    clones = [line for line in logs if line.stream == "command" and " clone " in line.text]
+    assert len(clones) == 1, "Fetch source ran once"
+    assert http_get(app.url())[0] == 200
+
+
+def test_stop_during_a_long_remote_command_kills_it_and_skips_the_rest(client, make_app, start):
+    mark = marker()
+    app = make_app("hello", files=slow_build_files(120, mark))
+    run_id, proc = start(app)
+    wait_for(lambda: server_processes(mark), 90, "the slow build command on the server")
+
+    client.stop(run_id)
+
+    run = wait_status(client, run_id, RunStatus.STOPPED, timeout=15)
+    wait_for(lambda: not server_processes(mark), 15, "the remote command to be gone")
+    assert [(s.name, s.status) for s in run.steps] == [
+        ("Provision server", StepStatus.COMPLETED),
+        ("Fetch source", StepStatus.COMPLETED),
+        ("Build images", StepStatus.FAILED),
+        ("Start application", StepStatus.SKIPPED),
+        ("Health check", StepStatus.SKIPPED),
+    ]
+    assert run.step("Build images").message == STOPPED_STEP_MESSAGE
+    assert run.error is None, "a stopped run did not break"
+    if proc:
+        proc.wait(timeout=30)  # the in-process run's process ends by itself
+
+
+def test_prefect_cancel_is_stop_and_reaches_the_remote_command(client, make_app, start):
+    mark = marker()
+    app = make_app("hello", files=slow_build_files(120, mark))
+    run_id, _ = start(app)
+    wait_for(lambda: server_processes(mark), 90, "the slow build command on the server")
+
+    subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", run_id],
+                   check=True, capture_output=True, timeout=60)
+
+    run = wait_status(client, run_id, RunStatus.STOPPED, timeout=30)
+    wait_for(lambda: not server_processes(mark), 15, "the remote command to be gone")
+    assert run.step("Build images").status is StepStatus.FAILED
+    assert run.step("Start application").status is StepStatus.SKIPPED
+
+
+def test_stop_a_paused_run(client, make_app, start):
+    app = make_app("hello")
+    run_id, _ = start(app)
+    client.pause(run_id)
+    wait_status(client, run_id, RunStatus.PAUSED)
+    client.stop(run_id)
+    run = wait_status(client, run_id, RunStatus.STOPPED, timeout=15)
+    assert all(s.status in (StepStatus.COMPLETED, StepStatus.SKIPPED) for s in run.steps)
+    assert "while paused" in run.message
+
+
+def test_stop_a_suspended_run(client, make_app):
+    mark = marker()
+    app = make_app("hello", files=slow_build_files(2, mark))
+    run = client.deploy(app.name)
+    wait_for(lambda: server_processes(mark), 90, "the slow build command on the server")
+    suspend_flow_run(flow_run_id=run.id, timeout=300)
+    wait_status(client, run.id, RunStatus.PAUSED)
+    wait_step(client, run.id, "Build images", StepStatus.COMPLETED)
+    client.stop(run.id)
+    run = wait_status(client, run.id, RunStatus.STOPPED, timeout=15)
+    assert run.step("Start application").status is StepStatus.SKIPPED
+
+
+def test_a_pause_that_times_out_ends_stopped_not_failed(client, make_app, start):
+    app = make_app("hello")
+    run_id, _ = start(app, pause_timeout=2)
+    client.pause(run_id)
+    run = client.wait(run_id, timeout=120)
+    assert run.status is RunStatus.STOPPED
+    assert "pause timeout (2s)" in run.message
+    assert run.error is None
+
+
+def test_controls_that_do_not_apply_are_refused_and_change_nothing(client, make_app):
+    app = make_app("hello")
+    run = client.wait(client.deploy(app.name).id, timeout=120)
+    assert run.status is RunStatus.COMPLETED
+    for control in (client.pause, client.stop, client.resume):
+        with pytest.raises(InvalidControl, match=r"already ended|not Paused"):
+            control(run.id)
+    assert client.get_run(run.id) == run
+    with pytest.raises(RunNotFound):
+        client.pause(str(uuid.uuid4()))
+    with pytest.raises(RunNotFound):
+        client.stop("nonsense")
+
+
+def test_resume_of_a_running_run_is_refused(client, make_app):
+    mark = marker()
+    app = make_app("hello", files=slow_build_files(120, mark))
+    run = client.deploy(app.name)
+    wait_for(lambda: server_processes(mark), 90, "the slow build command on the server")
+    with pytest.raises(InvalidControl, match="is In Progress, not Paused"):
+        client.resume(run.id)
+    with get_client(sync_client=True) as prefect:
+        assert not (prefect.read_flow_run(run.id).labels or {}).get(CONTROL_LABEL)
+    client.stop(run.id)
+    wait_status(client, run.id, RunStatus.STOPPED, timeout=15)
+
+
+def test_cli_controls_exit_non_zero_with_the_reason(client, make_app):
+    app = make_app("hello")
+    run = client.wait(client.deploy(app.name).id, timeout=120)
+    for control in ("pause", "resume", "stop"):
+        done = subprocess.run([sys.executable, "-m", "deploy_runs.cli", control, str(run.id)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2
+        assert "cannot" in done.stderr and str(run.id) in done.stderr
