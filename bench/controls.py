@@ -46,7 +46,7 @@ def poll(condition, timeout: float, interval: float = 0.01):
     raise TimeoutError("condition not met")
 
 
-def measure_pause_resume(bench, client) -> tuple[float, float]:  # noqa: ANN001
+def measure_pause_resume(bench, client) -> tuple[float, float]:
     """Pause during a 2 s build, then resume."""
     from prefect.client.orchestration import get_client
 
@@ -70,7 +70,7 @@ def measure_pause_resume(bench, client) -> tuple[float, float]:  # noqa: ANN001
             (started.step("Start application").started_at - requested).total_seconds())
 
 
-def measure_stop(bench, client) -> tuple[float, float]:  # noqa: ANN001
+def measure_stop(bench, client) -> tuple[float, float]:
     """Stop during a long build command: (request -> remote command gone, -> run Stopped)."""
     from deploy_runs import RunStatus
 
