@@ -17,6 +17,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from deploy_runs.prefect_local import FLOW_SETTINGS  # noqa: E402 - light; imports no Prefect
+
+# Flows the benchmarks run in their own process get the project's Prefect settings, which
+# Prefect reads when it is first imported.
+os.environ.update(FLOW_SETTINGS)
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -15,9 +18,10 @@ from rich.console import Console
 from rich.live import Live
 
 from deploy_runs.errors import DeployRunsError
+from deploy_runs.logs import LogLine
 from deploy_runs.models import Run
 from deploy_runs.status import RunStatus
-from deploy_runs.view import render_run, render_runs
+from deploy_runs.view import render_log_line, render_run, render_runs, step_header
 
 app = typer.Typer(name="deploy-runs", no_args_is_help=True, rich_markup_mode="rich",
                   help="Deploy applications over SSH and Docker; every deploy is a Prefect run.")
@@ -62,14 +66,29 @@ def _print_json(value: Run | list[Run]) -> None:
         console.print_json(value.model_dump_json())
 
 
-def follow(run: Run, poll_interval: float = 0.3) -> Run:
-    """Show the run's steps updating live until it ends."""
+def follow(run: Run, poll_interval: float = 0.3, tail_lines: int = 8) -> Run:
+    """Show the run's steps updating live until it ends, with the current step's latest lines."""
     client = _client()
+    tail: deque[LogLine] = deque(maxlen=tail_lines)
+
+    def read_logs() -> None:
+        for line in _client().logs(run.id, follow=True):
+            if line.step is None:
+                continue
+            if tail and tail[-1].step != line.step:
+                tail.clear()
+            tail.append(line)
+
+    # The thread sees the caller's Prefect settings (they live in a context variable).
+    reader = threading.Thread(target=contextvars.copy_context().run, args=(read_logs,),
+                              daemon=True)
+    reader.start()
     with Live(render_run(run), console=console, refresh_per_second=8) as live:
         while not run.status.is_final:
             time.sleep(poll_interval)
             run = client.get_run(run.id)
-            live.update(render_run(run))
+            live.update(render_run(run, list(tail)))
+        live.update(render_run(run))
     return run
 
 
@@ -98,6 +117,23 @@ def show(
     """Show one run: its status, steps, commit and error."""
     run = _client().get_run(run_id)
     _print_json(run) if as_json else console.print(render_run(run))
+
+
+@app.command()
+@friendly
+def logs(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="Run id.")],
+    step: Annotated[str | None, typer.Option(help="Only this step's lines.")] = None,
+    follow_: Annotated[bool, typer.Option("--follow", "-f",
+                                          help="Keep printing new lines until the run ends.")] = False,
+) -> None:
+    """Print a run's logs: each step's commands and their output, line by line."""
+    current: object = object()
+    for line in _client().logs(run_id, step=step, follow=follow_):
+        if line.step != current:
+            current = line.step
+            console.print(step_header(line.step))
+        console.print(render_log_line(line), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

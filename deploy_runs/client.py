@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -33,7 +33,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from blocks.application import check_ref
 from deploy_runs.controls import CONTROL_LABEL, PAUSE, STOP, requested
 from deploy_runs.errors import AppNotFound, ConfigError, InvalidControl, RunNotFound, WaitTimeout
-from deploy_runs.logs import LogLine, read_logs
+from deploy_runs.logs import LogLine, alogs, logs_sync
 from deploy_runs.models import Failure, Run
 from deploy_runs.record import FAILURE_KEY, RUN_TAG, app_tag
 from deploy_runs.runs import DEPLOY_FLOW, run_from_prefect
@@ -168,11 +168,19 @@ class AsyncDeployRuns:
         flow_run = await self._read_flow_run(client, _run_id(run_id))
         return flow_run, (await self._assemble(client, [flow_run]))[0]
 
-    async def logs(self, run_id: UUID | str, step: str | None = None) -> list[LogLine]:
-        """Every log line of the run (or of one step), oldest first."""
+    async def logs(self, run_id: UUID | str, step: str | None = None,
+                   follow: bool = False) -> AsyncIterator[LogLine]:
+        """The run's log lines (or one step's), oldest first. With `follow=True`, keep
+        yielding new lines as they arrive and end by itself once the run has ended."""
         async with get_client() as client:
             flow_run = await self._read_flow_run(client, _run_id(run_id))
-            return await read_logs(client, flow_run.id, step)
+
+            async def ended() -> bool:
+                state = (await client.read_flow_run(flow_run.id)).state
+                return bool(state and state.is_final())
+
+            async for line in alogs(client, flow_run.id, step, follow, ended):
+                yield line
 
     # ------------------------------------------------------------------------------------------
 
@@ -246,8 +254,16 @@ class DeployRuns:
     def stop(self, run_id: UUID | str) -> Run:
         return self._sync(self._async.stop(run_id))
 
-    def logs(self, run_id: UUID | str, step: str | None = None) -> list[LogLine]:
-        return self._sync(self._async.logs(run_id, step))
+    def logs(self, run_id: UUID | str, step: str | None = None,
+             follow: bool = False) -> Iterator[LogLine]:
+        run = self.get_run(run_id)
+        with get_client(sync_client=True) as client:
+
+            def ended() -> bool:
+                state = client.read_flow_run(run.id).state
+                return bool(state and state.is_final())
+
+            yield from logs_sync(client, run.id, step, follow, ended)
 
 
 __all__ = ["AsyncDeployRuns", "DeployRuns", "RunStatus"]

@@ -37,6 +37,9 @@ class OutputSink(Protocol):
 
     def line(self, stream: str, text: str) -> None: ...
 
+    def flush(self) -> None:
+        """The server has nothing more to say for now: hand on what is buffered."""
+
 
 @dataclass(frozen=True)
 class ServerAddress:
@@ -253,12 +256,11 @@ class RemoteHost:
                     got = True
                 if got:
                     continue
+                sink.flush()
                 if channel.eof_received or channel.closed:
                     break
                 if not self.is_connected():
-                    raise ConnectionLost(
-                        f"the SSH connection to {self.address.label} was lost while running: "
-                        f"$ {text}")
+                    raise ConnectionLost(self._lost(text))
                 if time.monotonic() > deadline:
                     self._kill(pgid)
                     raise CommandTimedOut(text, None, list(tail),
@@ -266,8 +268,10 @@ class RemoteHost:
                 select.select([channel], [], [], 0.2)
             for name, splitter in streams.items():
                 emit(name, splitter.close())
+            sink.flush()
             exit_code = self._exit_status(channel, text, list(tail))
         except BaseException:
+            sink.flush()  # every line received so far is kept
             # Interrupted (Stop, timeout, lost connection): leave nothing running on the server.
             if channel.exit_status_ready() is False:
                 self._kill(pgid)
@@ -299,11 +303,24 @@ class RemoteHost:
         deadline = time.monotonic() + 10
         while not channel.exit_status_ready():
             if not self.is_connected() or time.monotonic() > deadline:
-                raise ConnectionLost(
-                    f"the SSH connection to {self.address.label} was lost before "
-                    f"the command reported its exit code: $ {text}")
+                raise ConnectionLost(self._lost(text))
             time.sleep(0.01)
-        return channel.recv_exit_status()
+        code = channel.recv_exit_status()
+        if code == -1:
+            # No exit status: the command died of a signal, or the connection went down under
+            # it. The transport notices a dead peer a moment after the channel closes.
+            gone = time.monotonic() + 1.0
+            while time.monotonic() < gone:
+                if not self.is_connected():
+                    raise ConnectionLost(self._lost(text))
+                time.sleep(0.02)
+            raise CommandFailed(text, None, tail, "command was killed by a signal "
+                                                  "(it reported no exit code)")
+        return code
+
+    def _lost(self, text: str) -> str:
+        return (f"the SSH connection to {self.address.label} was lost while running "
+                f"$ {text}; every line received before that is kept in the log")
 
     def _kill(self, pgid: int | None) -> None:
         """Kill a command's process group on the server; best effort, never raises."""
@@ -349,6 +366,9 @@ class _NullSink:
     def line(self, stream: str, text: str) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
 
 class CollectingSink:
     """A sink that keeps what it receives; also forwards to another sink when given one."""
@@ -365,6 +385,10 @@ class CollectingSink:
         self.lines.append((stream, text))
         if self.forward:
             self.forward.line(stream, text)
+
+    def flush(self) -> None:
+        if self.forward:
+            self.forward.flush()
 
     def stdout(self) -> str:
         return "\n".join(text for stream, text in self.lines if stream == "stdout")

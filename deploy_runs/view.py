@@ -8,6 +8,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from deploy_runs.logs import LogLine
 from deploy_runs.models import Run
 from deploy_runs.status import RUN_INDICATORS, STEP_INDICATORS, Indicator, RunStatus, StepStatus
 
@@ -35,7 +36,19 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}s"
 
 
-def render_run(run: Run) -> RenderableType:
+_STREAM_STYLES = {"command": "bold", "stderr": "yellow3", "stdout": "", "log": "grey58"}
+
+
+def render_log_line(line: LogLine, width: int | None = None) -> Text:
+    text = line.text if width is None else line.text[:width]
+    return Text(text, style=_STREAM_STYLES.get(line.stream, ""))
+
+
+def step_header(step: str | None) -> Text:
+    return Text(f"── {step or 'run'} ──", style="bold magenta")
+
+
+def render_run(run: Run, tail: list[LogLine] | None = None) -> RenderableType:
     head = Text.assemble(
         ("Run ", "bold"), (str(run.id), "bold"), "  ", (run.name, "magenta"), "\n",
         "app ", (run.app, "bold"), "   status ", run_status_text(run.status),
@@ -55,6 +68,9 @@ def render_run(run: Run) -> RenderableType:
                       Text(str(step.status), style=_style(indicator)),
                       _seconds(step.duration), Text(step.message or "", style="grey58"))
     parts: list[RenderableType] = [head, table]
+    if tail:
+        parts.append(step_header(tail[-1].step))
+        parts += [render_log_line(line, 200) for line in tail]
     if run.error:
         error = run.error
         lines = Text.assemble(("✖ ", "red3"), (f"{error.step} failed: ", "bold red3"),

@@ -3,18 +3,16 @@ makes unchanged layers free)."""
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from deploy_runs import commands as c
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
+from deploy_runs.steps.step import step
 
 NAME = "Build images"
 TIMEOUT = 1800.0
 
 
-@task(name=NAME, task_run_name=NAME, cache_policy=NO_CACHE, persist_result=False)
+@step(NAME)
 def build_images(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
     host = ctx.host()

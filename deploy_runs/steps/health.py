@@ -8,8 +8,6 @@ from __future__ import annotations
 import time
 
 import paramiko
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from blocks import Service
 from deploy_runs import commands as c
@@ -17,6 +15,7 @@ from deploy_runs.errors import StepFailed
 from deploy_runs.remote import CollectingSink, RemoteHost
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
+from deploy_runs.steps.step import step
 
 NAME = "Health check"
 PROBE_TIMEOUT = 5.0
@@ -96,7 +95,7 @@ def evidence(host: RemoteHost, ctx: DeployContext, service: Service, log: StepLo
     return lines
 
 
-@task(name=NAME, task_run_name=NAME, cache_policy=NO_CACHE, persist_result=False)
+@step(NAME)
 def health_check(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
     host = ctx.host()

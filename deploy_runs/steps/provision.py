@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from deploy_runs import commands as c
@@ -19,6 +17,7 @@ from deploy_runs.remote import CollectingSink
 from deploy_runs.status import SKIPPED_STATE_NAME
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
+from deploy_runs.steps.step import step
 
 NAME = "Provision server"
 PROVISIONING_VERSION = 1
@@ -36,7 +35,7 @@ def provisioning_fingerprint(ctx: DeployContext) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-@task(name=NAME, task_run_name=NAME, cache_policy=NO_CACHE, persist_result=False)
+@step(NAME)
 def provision_server(ctx: DeployContext) -> State | None:
     log = StepLog()
     host = ctx.host()

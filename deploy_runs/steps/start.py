@@ -4,12 +4,10 @@ line or a log)."""
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from deploy_runs import commands as c
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
+from deploy_runs.steps.step import step
 
 NAME = "Start application"
 TIMEOUT = 120.0
@@ -19,7 +17,7 @@ def env_file_content(values: dict[str, str]) -> bytes:
     return "".join(f"{name}={value}\n" for name, value in values.items()).encode()
 
 
-@task(name=NAME, task_run_name=NAME, cache_policy=NO_CACHE, persist_result=False)
+@step(NAME)
 def start_application(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
     host = ctx.host()

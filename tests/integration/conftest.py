@@ -25,7 +25,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from blocks import Application
 from deploy_runs import DeployRuns, sandbox
 from deploy_runs.gitrepo import publish
-from deploy_runs.prefect_local import start_server, start_worker, stop
+from deploy_runs.prefect_local import FLOW_SETTINGS, start_server, start_worker, stop
 from deploy_runs.sandbox_blocks import save_server_blocks
 from deploy_runs.spec import load_server, parse_spec, register, to_application
 
@@ -80,6 +80,7 @@ def prefect_api(prefect_state: Path) -> Iterator[str]:
     if started:
         url = start_server(free_port(), state=prefect_state)
     os.environ["PREFECT_API_URL"] = url  # for the worker and CLI subprocesses
+    os.environ.update(FLOW_SETTINGS)  # for flows run in-process by the tests' subprocesses
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield url
     if started:
@@ -150,12 +151,12 @@ def make_app(sandbox_info, server_blocks, worker, docker_client, tmp_path_factor
         shutil.copytree(EXAMPLES / example, source)
         spec = yaml.safe_load((source / "app.yaml").read_text())
         bare = sandbox_info.git_dir / f"{name}.git"
+        spec.update(spec_changes or {})
         spec.update(name=name, repository=f"{sandbox_info.host('local').git_base_url}{name}.git",
                     server=server)
         for service in spec["services"]:
             service["host_port"] = free_port()
             service.setdefault("health_check", {})["timeout"] = 15
-        spec.update(spec_changes or {})
         application = to_application(parse_spec(spec), load_server(server), environ={})
         register(application)
         app = SampleApp(name, source, bare, application)
@@ -190,6 +191,6 @@ def slow_build_files(seconds: int, marker: str) -> dict[str, str]:
     """A Dockerfile whose build runs one slow command, findable on the server by `marker`."""
     return {"Dockerfile": (
         "FROM busybox:latest\n"
-        f"RUN sleep {seconds} && echo {marker}\n"
+        f"RUN sleep {seconds} && echo {marker}\n"  # the marker also keeps the layer uncached
         "COPY site/ /www/\n"
         'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')}

@@ -120,7 +120,7 @@ def test_prefect_suspend_then_resume_does_not_run_finished_steps_again(client, m
     client.resume(run.id)
     run = client.wait(run.id, timeout=120)
     assert run.status is RunStatus.COMPLETED, run.error
-    logs = client.logs(run.id)
+    logs = list(client.logs(run.id))
     assert len(build_commands(client, run.id)) == 1
     clones = [line for line in logs if line.stream == "command" and " clone " in line.text]
     assert len(clones) == 1, "Fetch source ran once"

@@ -1,0 +1,53 @@
+"""Secrets reach the app and nothing else: not a log line, parameter, state, artifact, result,
+label, flow-run input, the Prefect database, or the worker's output."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy_runs import RunStatus
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_secret_env_values_reach_the_container_and_never_prefect(client, make_app,
+                                                                 docker_client, prefect_api,
+                                                                 prefect_state):
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    app = make_app("hello", spec_changes={"services": [{
+        "name": "web", "container_port": 8080, "host_port": 0,
+        "env": {"GREETING": "hello"}, "secret_env": {"API_TOKEN": secret},
+        "health_check": {"timeout": 15, "interval": 0.2}}]})
+    run = client.wait(client.deploy(app.name).id, timeout=120)
+    assert run.status is RunStatus.COMPLETED, run.error
+
+    (container,) = docker_client.containers.list(filters={"label": f"deploy-runs.app={app.name}"})
+    assert f"API_TOKEN={secret}" in container.attrs["Config"]["Env"]
+
+    logs = list(client.logs(run.id))
+    assert any("API_TOKEN" in line.text for line in logs), "the variable's name is logged"
+    assert not any(secret in line.text for line in logs)
+    assert secret not in run.model_dump_json()
+
+    api = httpx.Client(base_url=prefect_api, timeout=30)
+    seen = [
+        api.get(f"/flow_runs/{run.id}").text,
+        api.post("/task_runs/filter", json={}).text,
+        api.post("/artifacts/filter", json={}).text,
+        api.post("/logs/filter", json={"limit": 200}).text,
+        api.post("/flow_runs/filter", json={}).text,
+        api.post("/deployments/filter", json={}).text,
+        api.post(f"/flow_runs/{run.id}/input/filter", json={"prefix": ""}).text,
+        api.post("/block_documents/filter", json={"include_secrets": False}).text,
+    ]
+    for text in seen:
+        assert secret not in text
+    # The whole database, byte for byte (block documents are stored encrypted), and the
+    # worker's output.
+    for path in Path(prefect_state).rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
