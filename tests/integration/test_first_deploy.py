@@ -40,7 +40,7 @@ def test_deploy_through_the_api_completes_all_five_steps_and_serves_the_page(cli
     status, page = http_get(app.url())
     assert status == 200 and "Hello from deploy-runs" in page
 
-    build = client.logs(run.id, step="Build images")
+    build = list(client.logs(run.id, step="Build images"))
     commands = [line.text for line in build if line.stream == "command"]
     assert any(re.match(r"\$ docker build --tag deploy-runs/t-hello-\w+-web:", c) for c in commands)
     output = [line.text for line in build if line.stream == "stdout"]
