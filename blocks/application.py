@@ -63,6 +63,8 @@ class Service(BaseModel):
     dockerfile: str = Field("Dockerfile", description="Dockerfile path, relative to the repository.")
     container_port: int = Field(ge=1, le=65535, description="Port the service listens on inside.")
     host_port: int = Field(ge=1, le=65535, description="Port published on the server.")
+    build_args: dict[str, str] = Field(default_factory=dict,
+                                       description="Docker build arguments (not secret).")
     env: dict[str, str] = Field(default_factory=dict,
                                 description="Environment variables (not secret; shown in logs).")
     health_check: HealthCheck = Field(default_factory=HealthCheck,
@@ -73,7 +75,7 @@ class Service(BaseModel):
     def _inside_repository(cls, value: str) -> str:
         return _relative_path(value)
 
-    @field_validator("env")
+    @field_validator("env", "build_args")
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
         return _check_env(env)

@@ -110,6 +110,21 @@ def deploy(
 
 @app.command()
 @friendly
+def redeploy(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="Application name.")],
+    detach: Annotated[bool, typer.Option(help="Print the run id and return at once.")] = False,
+) -> None:
+    """Redeploy APP with the latest commit of its branch; only what changed is rebuilt."""
+    run = _client().redeploy(app_name)
+    if detach:
+        console.print(str(run.id))
+        return
+    run = follow(run)
+    raise typer.Exit(0 if run.status is RunStatus.COMPLETED else 1)
+
+
+@app.command()
+@friendly
 def show(
     run_id: Annotated[str, typer.Argument(metavar="RUN", help="Run id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the Run model as JSON.")] = False,

@@ -60,8 +60,15 @@ def image_name(app: str, service: str) -> str:
     return f"{ROOT}/{app}-{service}"
 
 
-def image_tag(app: str, service: str, commit: str) -> str:
-    return f"{image_name(app, service)}:{commit[:12]}"
+def image_tag(app: str, service: str, build_inputs: str) -> str:
+    """Images are tagged by a hash of their build inputs: same inputs, same image."""
+    return f"{image_name(app, service)}:{build_inputs[:12]}"
+
+
+def previous_name(container: str) -> str:
+    """Where the running container waits while its replacement starts (and stays, stopped,
+    if the replacement turns out unhealthy)."""
+    return f"{container}-previous"
 
 
 def container_name(app: str, service: str) -> str:
@@ -122,6 +129,19 @@ def git_clean(repo: str) -> Command:
     return cmd("git", "-C", repo, "clean", "-ffdxq")
 
 
+def git_rev_parse(repo: str, revs: list[str]) -> Command:
+    return cmd("git", "-C", repo, "rev-parse", "--end-of-options", *revs)
+
+
+def git_changed_files(repo: str, old: str, new: str, paths: list[str]) -> Command:
+    return cmd("git", "-C", repo, "diff", "--name-only", old, new, "--", *paths)
+
+
+def tree_rev(commit: str, path: str) -> str:
+    """The git object of `path` at `commit` (a tree for a directory, a blob for a file)."""
+    return f"{commit}^{{tree}}" if path in ("", ".") else f"{commit}:{path}"
+
+
 def git_commit_info(repo: str, commit: str) -> Command:
     return cmd("git", "-C", repo, "log", "-1", "--format=%H%n%s", commit)
 
@@ -135,9 +155,39 @@ def _label_args(values: Mapping[str, str]) -> list[str]:
     return args
 
 
-def docker_build(tag: str, dockerfile: str, context: str, label_values: Mapping[str, str]) -> Command:
-    return cmd("docker", "build", "--tag", tag, "--file", dockerfile,
+def docker_build(tag: str, dockerfile: str, context: str, label_values: Mapping[str, str],
+                 build_args: Mapping[str, str] | None = None) -> Command:
+    args: list[str] = []
+    for key, value in (build_args or {}).items():
+        args += ["--build-arg", f"{key}={value}"]
+    return cmd("docker", "build", "--tag", tag, "--file", dockerfile, *args,
                *_label_args(label_values), context)
+
+
+def docker_images(app: str) -> Command:
+    return cmd("docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
+               "--filter", f"reference={image_name(app, '*')}")
+
+
+CONTAINER_LIST_FORMAT = ('{{.Names}}\t{{.Label "deploy-runs.config"}}\t'
+                         '{{.Label "deploy-runs.commit"}}\t{{.State}}\t{{.ID}}')
+
+
+def docker_app_containers(app: str) -> Command:
+    return cmd("docker", "ps", "--all", "--no-trunc", "--filter",
+               f"label={LABEL_PREFIX}.app={app}", "--format", CONTAINER_LIST_FORMAT)
+
+
+def docker_rename(old: str, new: str) -> Command:
+    return cmd("docker", "rename", old, new)
+
+
+def docker_stop(name: str) -> Command:
+    return cmd("docker", "stop", "--time", "10", name)
+
+
+def docker_start(name: str) -> Command:
+    return cmd("docker", "start", name)
 
 
 def docker_remove_container(name: str) -> Command:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
@@ -29,6 +30,18 @@ class Failure(BaseModel):
     output_tail: list[str] = Field(default_factory=list)
 
 
+class ServiceRelease(BaseModel):
+    """What a run did with one service: its image built or reused, its container replaced or
+    kept, and why."""
+
+    name: str
+    image: str
+    build: Literal["rebuilt", "reused"]
+    build_reason: str
+    container: Literal["replaced", "kept"] | None = None
+    container_reason: str | None = None
+
+
 class Run(BaseModel):
     id: UUID
     name: str
@@ -44,6 +57,8 @@ class Run(BaseModel):
     duration: float | None = Field(None, description="Seconds, once the run has ended.")
     message: str | None = Field(None, description="The final state's message, if any.")
     error: Failure | None = None
+    services: list[ServiceRelease] = Field(
+        default_factory=list, description="Per service: rebuilt or reused, replaced or kept.")
 
     def step(self, name: str) -> Step:
         for step in self.steps:

@@ -4,14 +4,14 @@ the structured failure (as a flow-run input, Prefect's per-run key-value store).
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
 
-from deploy_runs.commands import image_tag
 from deploy_runs.errors import CommandFailed, StepFailed
-from deploy_runs.models import Failure
+from deploy_runs.models import Failure, ServiceRelease
 
 LABEL = "deploy-runs"
 RUN_TAG = "deploy-runs"
@@ -27,6 +27,13 @@ def app_tag(app: str) -> str:
 
 def fact_label(name: str) -> str:
     return f"{LABEL}.{name}"
+
+
+def services_from_labels(labels: dict) -> list[ServiceRelease]:
+    value = labels.get(fact_label("services"))
+    if not value:
+        return []
+    return [ServiceRelease.model_validate(item) for item in json.loads(str(value))]
 
 
 def failure_from_exception(step: str, exc: BaseException | None) -> Failure:
@@ -76,9 +83,15 @@ class RunRecorder:
         if labels.get(fact_label("commit")):
             ctx.commit = str(labels[fact_label("commit")])
             ctx.commit_message = str(labels.get(fact_label("commit-message")) or "")
-            ctx.images = {s.name: image_tag(ctx.app.name, s.name, ctx.commit)
-                          for s in ctx.app.services}
+        for release in services_from_labels(labels):
+            ctx.releases[release.name] = release
+            ctx.images[release.name] = release.image
         return done
+
+    def services(self, releases: dict[str, ServiceRelease]) -> None:
+        value = json.dumps([r.model_dump(mode="json") for r in releases.values()])
+        with get_client(sync_client=True) as client:
+            client.update_flow_run_labels(self.run_id, {fact_label("services"): value})
 
     def failure(self, failure: Failure) -> None:
         with get_client(sync_client=True) as client:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from prefect.client.schemas.objects import FlowRun, TaskRun
 
 from deploy_runs.models import Failure, Run, Step
-from deploy_runs.record import fact_label
+from deploy_runs.record import fact_label, services_from_labels
 from deploy_runs.status import RunStatus, StepStatus, run_status, step_status
 from deploy_runs.steps import PLANNED_STEPS
 
@@ -69,4 +69,5 @@ def run_from_prefect(flow_run: FlowRun, task_runs: Sequence[TaskRun],
         duration=_seconds(flow_run.start_time, flow_run.end_time),
         message=state.message if state else None,
         error=failure,
+        services=services_from_labels(labels),
     )

@@ -68,6 +68,16 @@ def render_run(run: Run, tail: list[LogLine] | None = None) -> RenderableType:
                       Text(str(step.status), style=_style(indicator)),
                       _seconds(step.duration), Text(step.message or "", style="grey58"))
     parts: list[RenderableType] = [head, table]
+    if run.services:
+        services = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
+        for column in ("service", "image", "build", "container"):
+            services.add_column(column)
+        for release in run.services:
+            container = f"{release.container} ({release.container_reason})" \
+                if release.container else "-"
+            services.add_row(release.name, release.image,
+                             f"{release.build} ({release.build_reason})", container)
+        parts.append(services)
     if tail:
         parts.append(step_header(tail[-1].step))
         parts += [render_log_line(line, 200) for line in tail]

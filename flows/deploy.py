@@ -11,7 +11,13 @@ from blocks import Application
 from blocks.application import check_ref
 from deploy_runs.controls import Checkpoint, StopWatcher
 from deploy_runs.record import RunRecorder, failure_from_exception
-from deploy_runs.steps import PIPELINE, DeployContext, fetch_source
+from deploy_runs.steps import (
+    PIPELINE,
+    DeployContext,
+    build_images,
+    fetch_source,
+    start_application,
+)
 
 DEFAULT_PAUSE_TIMEOUT = 3600.0
 
@@ -45,6 +51,8 @@ def deploy_app(app: str, ref: str | None = None,
                 return Cancelled(message=decision.message)
             with StopWatcher(flow_run.id, ctx.interrupt):
                 state = step(ctx, return_state=True)
+            if ctx.releases and step in (build_images, start_application):
+                record.services(ctx.releases)
             if ctx.stopped:
                 return Cancelled(message=f"{ctx.stopped} ({step.name})")
             if state.is_failed() or state.is_crashed():

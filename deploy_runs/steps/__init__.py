@@ -10,4 +10,13 @@ from deploy_runs.steps.start import start_application
 PIPELINE = (provision_server, fetch_source, build_images, start_application, health_check)
 PLANNED_STEPS: tuple[str, ...] = tuple(step.name for step in PIPELINE)
 
-__all__ = ["PIPELINE", "PLANNED_STEPS", "DeployContext"]
+__all__ = [
+    "PIPELINE",
+    "PLANNED_STEPS",
+    "DeployContext",
+    "build_images",
+    "fetch_source",
+    "health_check",
+    "provision_server",
+    "start_application",
+]

@@ -1,9 +1,21 @@
-"""Build images: build each service's image on the server's Docker engine (its layer cache
-makes unchanged layers free)."""
+"""Build images: build a service's image only when its build inputs changed.
+
+A service's build inputs are its context directory and Dockerfile as git stores them at the
+commit (their object hashes: content, not timestamps) and its build arguments. Images are
+tagged by a hash of those inputs, so an unchanged service finds its image already on the
+server and is not built at all; a changed one is built with the engine's layer cache, so only
+the layers after the change are rebuilt. Each decision is recorded with its reason.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
+from blocks import Service
 from deploy_runs import commands as c
+from deploy_runs.models import ServiceRelease
+from deploy_runs.remote import CollectingSink, RemoteHost
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
 from deploy_runs.steps.step import step
@@ -12,18 +24,73 @@ NAME = "Build images"
 TIMEOUT = 1800.0
 
 
+def build_inputs_hash(service: Service, context_object: str, dockerfile_object: str) -> str:
+    inputs = {"context": service.context, "context_object": context_object,
+              "dockerfile": service.dockerfile, "dockerfile_object": dockerfile_object,
+              "build_args": dict(sorted(service.build_args.items()))}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _stdout(host: RemoteHost, command: c.Command, log: StepLog, check: bool = True) -> list[str]:
+    sink = CollectingSink(log)
+    result = host.run(command, sink, timeout=TIMEOUT, check=check)
+    return sink.stdout().splitlines() if result.exit_code == 0 else []
+
+
+def previous_commits(host: RemoteHost, app: str, log: StepLog) -> dict[str, str]:
+    """The commit each service's current container was deployed from."""
+    commits = {}
+    for line in _stdout(host, c.docker_app_containers(app), log):
+        name, _config, commit, _state, _id = (line.split("\t") + [""] * 5)[:5]
+        if commit:
+            commits[name] = commit
+    return commits
+
+
+def why_rebuilt(host: RemoteHost, ctx: DeployContext, service: Service, previous: str | None,
+                log: StepLog) -> str:
+    if not previous:
+        return "first build"
+    changed = _stdout(host, c.git_changed_files(
+        ctx.layout.repo, previous, ctx.commit or "", [service.context, service.dockerfile]),
+        log, check=False)
+    if service.dockerfile in changed:
+        return "Dockerfile changed"
+    if changed:
+        return f"context changed ({len(changed)} file{'s' if len(changed) != 1 else ''})"
+    return "build arguments changed or image not on the server"
+
+
 @step(NAME)
 def build_images(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
     host = ctx.host()
-    app, layout = ctx.app, ctx.layout
-    assert ctx.commit, "Fetch source runs before Build images"
-    for service in app.services:
-        tag = c.image_tag(app.name, service.name, ctx.commit)
-        # Only stable labels: a per-run label would make every build a new image.
-        label_values = c.labels(app=app.name, service=service.name)
-        host.run(c.docker_build(tag, layout.in_repo(service.dockerfile),
-                                layout.in_repo(service.context), label_values),
-                 log, timeout=TIMEOUT)
+    app, layout, commit = ctx.app, ctx.layout, ctx.commit
+    assert commit, "Fetch source runs before Build images"
+
+    revs = [rev for s in app.services
+            for rev in (c.tree_rev(commit, s.context), c.tree_rev(commit, s.dockerfile))]
+    objects = _stdout(host, c.git_rev_parse(layout.repo, revs), log)
+    existing = set(_stdout(host, c.docker_images(app.name), log))
+    previous = previous_commits(host, app.name, log)
+
+    for i, service in enumerate(app.services):
+        tag = c.image_tag(app.name, service.name,
+                          build_inputs_hash(service, objects[2 * i], objects[2 * i + 1]))
         ctx.images[service.name] = tag
+        if tag in existing:
+            log.info("%s: build inputs unchanged; reusing image %s", service.name, tag)
+            ctx.releases[service.name] = ServiceRelease(
+                name=service.name, image=tag, build="reused", build_reason="unchanged")
+            continue
+        reason = why_rebuilt(host, ctx, service,
+                             previous.get(c.container_name(app.name, service.name)), log)
+        log.info("%s: %s; building %s", service.name, reason, tag)
+        host.run(c.docker_build(tag, layout.in_repo(service.dockerfile),
+                                layout.in_repo(service.context),
+                                c.labels(app=app.name, service=service.name),
+                                service.build_args),
+                 log, timeout=TIMEOUT)
+        ctx.releases[service.name] = ServiceRelease(
+            name=service.name, image=tag, build="rebuilt", build_reason=reason)
     return dict(ctx.images)

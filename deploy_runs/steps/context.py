@@ -9,6 +9,7 @@ from uuid import UUID
 from blocks import Application
 from deploy_runs.commands import AppLayout
 from deploy_runs.errors import StepStopped
+from deploy_runs.models import ServiceRelease
 from deploy_runs.remote import RemoteHost, ServerAddress
 
 
@@ -20,6 +21,7 @@ class DeployContext:
     commit: str | None = None
     commit_message: str | None = None
     images: dict[str, str] = field(default_factory=dict)
+    releases: dict[str, ServiceRelease] = field(default_factory=dict)
     stopped: str | None = None
     _host: RemoteHost | None = field(default=None, repr=False)
 

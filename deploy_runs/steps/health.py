@@ -104,10 +104,24 @@ def health_check(ctx: DeployContext) -> dict[str, str]:
         ok, answers = wait_healthy(ctx, host, service, log)
         if not ok:
             found = evidence(host, ctx, service, log)
+            name = c.container_name(ctx.app.name, service.name)
+            release = ctx.releases.get(service.name)
+            state = (f"the new container {name} is still running, unhealthy; the previous one "
+                     f"is stopped and kept as {c.previous_name(name)} (start it to roll back)"
+                     if release and release.container == "replaced" else
+                     f"container {name} is still running")
             raise StepFailed(
                 f"service {service.name} did not become healthy within "
-                f"{service.health_check.timeout:g}s; last probe: {answers[-1] if answers else '-'}",
+                f"{service.health_check.timeout:g}s (last probe: "
+                f"{answers[-1] if answers else '-'}); {state}",
                 evidence=answers + found,
             )
         healthy[service.name] = answers[-1]
+    # Every service is healthy: the release is complete, the previous containers can go.
+    for service in ctx.app.services:
+        release = ctx.releases.get(service.name)
+        if release and release.container == "replaced" and \
+                release.container_reason != "new service":
+            previous = c.previous_name(c.container_name(ctx.app.name, service.name))
+            host.run(c.docker_remove_container(previous), log, timeout=60, check=False)
     return healthy

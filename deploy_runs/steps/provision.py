@@ -24,13 +24,16 @@ PROVISIONING_VERSION = 1
 TIMEOUT = 120.0
 
 
-def provisioning_fingerprint(ctx: DeployContext) -> str:
-    """A hash of everything provisioning depends on; a change means provisioning runs again."""
+def provisioning_fingerprint(ctx: DeployContext, docker_version: str, git_version: str) -> str:
+    """A hash of everything provisioning depends on - what it is asked to set up and the
+    server software it found; a change to any of them means provisioning runs again."""
     inputs = {
         "version": PROVISIONING_VERSION,
         "app": ctx.app.name,
         "user": ctx.app.server.username,
         "root": ctx.layout.root,
+        "docker": docker_version,
+        "git": git_version,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -42,13 +45,11 @@ def provision_server(ctx: DeployContext) -> State | None:
     for note in host.notes:
         log.warning(note)
     layout = ctx.layout
-    wanted = provisioning_fingerprint(ctx)
-
     marker = CollectingSink(log)
     done = host.run(c.read_file(layout.provisioned_marker), marker, timeout=TIMEOUT, check=False)
-    already = done.exit_code == 0 and marker.stdout().strip() == wanted
 
-    docker = host.run(c.docker_server_version(), log, timeout=TIMEOUT, check=False)
+    docker_out = CollectingSink(log)
+    docker = host.run(c.docker_server_version(), docker_out, timeout=TIMEOUT, check=False)
     if docker.exit_code != 0:
         raise StepFailed(
             f"the Docker engine is not usable by {ctx.app.server.username} on the server "
@@ -56,11 +57,13 @@ def provision_server(ctx: DeployContext) -> State | None:
             "and add the user to the `docker` group",
             evidence=docker.tail,
         )
-    git = host.run(c.git_version(), log, timeout=TIMEOUT, check=False)
+    git_out = CollectingSink(log)
+    git = host.run(c.git_version(), git_out, timeout=TIMEOUT, check=False)
     if git.exit_code != 0:
         raise StepFailed("git is not installed on the server: install it (e.g. apt-get "
                          "install git)", evidence=git.tail)
-    if already:
+    wanted = provisioning_fingerprint(ctx, docker_out.stdout().strip(), git_out.stdout().strip())
+    if done.exit_code == 0 and marker.stdout().strip() == wanted:
         return Completed(name=SKIPPED_STATE_NAME,
                          message="Already provisioned with the same inputs.")
 

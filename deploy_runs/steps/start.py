@@ -1,20 +1,54 @@
-"""Start application: replace each service's container with one running the new image,
-with its ports, environment and secrets (secrets go through a 0600 env file, never a command
-line or a log)."""
+"""Start application: replace the containers whose image or runtime configuration changed;
+leave the others running untouched.
+
+A container carries a hash of its runtime configuration (image, ports, environment, secrets,
+restart policy) as a label; equal hash and running means nothing to do. A replaced container
+keeps serving until its successor is about to start: it is renamed to NAME-previous and
+stopped just before the new one starts (their ports are the same). If the new one cannot
+start, the previous one is put back and started again. Secrets go through a 0600 env file,
+never a command line or a log.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
+from blocks import Service
 from deploy_runs import commands as c
+from deploy_runs.errors import CommandFailed, StepFailed
+from deploy_runs.models import ServiceRelease
+from deploy_runs.remote import CollectingSink
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
 from deploy_runs.steps.step import step
 
 NAME = "Start application"
 TIMEOUT = 120.0
+RESTART_POLICY = "unless-stopped"
 
 
 def env_file_content(values: dict[str, str]) -> bytes:
     return "".join(f"{name}={value}\n" for name, value in values.items()).encode()
+
+
+def runtime_config_hash(image: str, service: Service, secrets: dict[str, str]) -> str:
+    config = {"image": image, "ports": [[service.host_port, service.container_port]],
+              "env": dict(sorted(service.env.items())),
+              "secrets": hashlib.sha256(json.dumps(sorted(secrets.items())).encode()).hexdigest(),
+              "restart": RESTART_POLICY}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def current_containers(ctx: DeployContext, log: StepLog) -> dict[str, tuple[str, str]]:
+    """Container name -> (runtime config hash, state) for the app's containers."""
+    sink = CollectingSink(log)
+    ctx.host().run(c.docker_app_containers(ctx.app.name), sink, timeout=TIMEOUT)
+    found = {}
+    for line in sink.stdout().splitlines():
+        name, config, _commit, state, _id = (line.split("\t") + [""] * 5)[:5]
+        found[name] = (config, state)
+    return found
 
 
 @step(NAME)
@@ -22,24 +56,58 @@ def start_application(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
     host = ctx.host()
     app, layout = ctx.app, ctx.layout
-    started: dict[str, str] = {}
+    running = current_containers(ctx, log)
+    outcome: dict[str, str] = {}
     for service in app.services:
+        name = c.container_name(app.name, service.name)
+        image = ctx.images[service.name]
         secrets = app.secrets_for(service.name)
+        config = runtime_config_hash(image, service, secrets)
+        release = ctx.releases.get(service.name) or ServiceRelease(
+            name=service.name, image=image, build="reused", build_reason="unchanged")
+        current = running.get(name)
+        if current == (config, "running"):
+            log.info("%s: image and configuration unchanged; container %s keeps running",
+                     service.name, name)
+            ctx.releases[service.name] = release.model_copy(
+                update={"container": "kept", "container_reason": "unchanged"})
+            outcome[service.name] = "kept"
+            continue
+        reason = ("new service" if current is None else
+                  "not running" if current[1] != "running" else
+                  "new image" if release.build == "rebuilt" else "configuration changed")
+
         env_file = None
         if secrets:
             env_file = layout.env_file(service.name)
             host.write_file(env_file, env_file_content(secrets), mode=0o600)
             log.info("wrote %d secret variable(s) (%s) to %s, mode 0600",
                      len(secrets), ", ".join(sorted(secrets)), env_file)
-        name = c.container_name(app.name, service.name)
-        host.run(c.docker_remove_container(name), log, timeout=TIMEOUT, check=False)
+        previous = c.previous_name(name)
+        if current is not None:
+            host.run(c.docker_remove_container(previous), log, timeout=TIMEOUT, check=False)
+            host.run(c.docker_rename(name, previous), log, timeout=TIMEOUT)
+            host.run(c.docker_stop(previous), log, timeout=TIMEOUT)
         run = c.docker_run(
-            name, ctx.images[service.name],
+            name, image,
             ports=[(service.host_port, service.container_port)],
-            env=service.env, env_file=env_file,
-            label_values=c.labels(app=app.name, service=service.name,
-                                  commit=ctx.commit or "", run=str(ctx.run_id)),
+            env=service.env, env_file=env_file, restart=RESTART_POLICY,
+            label_values=c.labels(app=app.name, service=service.name, commit=ctx.commit or "",
+                                  run=str(ctx.run_id), config=config),
         )
-        host.run(run, log, timeout=TIMEOUT)
-        started[service.name] = name
-    return started
+        try:
+            host.run(run, log, timeout=TIMEOUT)
+        except CommandFailed as exc:
+            if current is None:
+                raise
+            host.run(c.docker_remove_container(name), log, timeout=TIMEOUT, check=False)
+            host.run(c.docker_rename(previous, name), log, timeout=TIMEOUT)
+            host.run(c.docker_start(name), log, timeout=TIMEOUT)
+            raise StepFailed(
+                f"{service.name}: the new container could not start ({exc.output_tail[-1:]}); "
+                f"the previous container was put back and is running again as {name}",
+                evidence=exc.output_tail) from None
+        ctx.releases[service.name] = release.model_copy(
+            update={"container": "replaced", "container_reason": reason})
+        outcome[service.name] = "replaced"
+    return outcome

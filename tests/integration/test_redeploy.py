@@ -1,0 +1,114 @@
+"""Redeploy: latest code, provisioning skipped when done, only changed services rebuilt and
+restarted, every run kept."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deploy_runs import RunStatus, StepStatus
+from deploy_runs.spec import load_server
+
+from .conftest import http_get
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def container_ids(docker_client, app) -> dict[str, str]:
+    return {c.labels["deploy-runs.service"]: c.id for c in docker_client.containers.list(
+        filters={"label": f"deploy-runs.app={app.name}"})}
+
+
+def build_commands(client, run_id) -> list[str]:
+    return [line.text for line in client.logs(run_id)
+            if line.stream == "command" and line.text.startswith("$ docker build")]
+
+
+def test_redeploy_rebuilds_and_restarts_only_the_changed_service(client, make_app,
+                                                                 docker_client):
+    app = make_app("shop")
+    first = client.wait(client.deploy(app.name).id, timeout=180)
+    assert first.status is RunStatus.COMPLETED, first.error
+    assert {s.name: s.build for s in first.services} == dict.fromkeys(
+        ("web", "api", "admin"), "rebuilt")
+    before = container_ids(docker_client, app)
+
+    head = app.push({"api/content/index.html": '{"service": "api", "version": 2}\n'},
+                    "api: version 2")
+    second = client.wait(client.redeploy(app.name).id, timeout=180)
+
+    assert second.status is RunStatus.COMPLETED, second.error
+    assert second.id != first.id
+    assert second.commit == head
+    assert second.step("Provision server").status is StepStatus.SKIPPED
+    assert second.step("Provision server").message
+    releases = {s.name: s for s in second.services}
+    assert releases["api"].build == "rebuilt"
+    assert releases["api"].build_reason == "context changed (1 file)"
+    assert releases["api"].container == "replaced"
+    for name in ("web", "admin"):
+        assert releases[name].build == "reused"
+        assert releases[name].container == "kept"
+    after = container_ids(docker_client, app)
+    assert after["web"] == before["web"] and after["admin"] == before["admin"]
+    assert after["api"] != before["api"]
+    assert http_get(app.url("api"))[1] == '{"service": "api", "version": 2}\n'
+    assert "Shop storefront" in http_get(app.url("web"))[1]
+    builds = build_commands(client, second.id)
+    assert len(builds) == 1 and "-api:" in builds[0]
+    assert not any(name.endswith("-previous") for name in
+                   (c.name for c in docker_client.containers.list(all=True)))
+
+    # The earlier run is unchanged in history; runs are listed most recent first.
+    assert client.get_run(first.id) == first
+    assert [r.id for r in client.runs(app=app.name)] == [second.id, first.id]
+
+    shown = subprocess.run([sys.executable, "-m", "deploy_runs.cli", "show", str(second.id)],
+                           capture_output=True, text=True, timeout=60, check=True,
+                           env={**os.environ, "COLUMNS": "200"}).stdout
+    assert "rebuilt (context changed (1 file))" in shown
+    assert "reused (unchanged)" in shown
+
+
+def test_redeploy_with_no_change_builds_nothing_and_replaces_nothing(client, make_app,
+                                                                     docker_client):
+    app = make_app("shop")
+    assert client.wait(client.deploy(app.name).id, timeout=180).status is RunStatus.COMPLETED
+    before = container_ids(docker_client, app)
+
+    run = client.wait(client.redeploy(app.name).id, timeout=180)
+
+    assert run.status is RunStatus.COMPLETED, run.error
+    assert build_commands(client, run.id) == []
+    assert all(s.build == "reused" and s.container == "kept" for s in run.services)
+    assert container_ids(docker_client, app) == before
+
+
+def test_changed_provisioning_inputs_or_lost_provisioning_run_provisioning_again(
+        client, make_app, sandbox_info):
+    app = make_app("hello")
+    assert client.wait(client.deploy(app.name).id, timeout=120).status is RunStatus.COMPLETED
+    run = client.wait(client.redeploy(app.name).id, timeout=120)
+    assert run.step("Provision server").status is StepStatus.SKIPPED
+
+    # The server lost what provisioning made.
+    local = sandbox_info.host("local")
+    known = sandbox_info.dir / "known_hosts_test"
+    known.write_text(local.known_hosts_line() + "\n")
+    subprocess.run(["ssh", "-q", "-p", str(local.port), "-i", str(local.private_key_path),
+                    "-o", f"UserKnownHostsFile={known}", f"{local.username}@{local.host}",
+                    f"rm -f deploy-runs/apps/{app.name}/provisioned"], check=True, timeout=30)
+    run = client.wait(client.redeploy(app.name).id, timeout=120)
+    assert run.step("Provision server").status is StepStatus.COMPLETED
+
+    # A provisioning input changed: the app now deploys as another user.
+    server = load_server("sandbox-local").model_copy(update={"username": "root"})
+    server.save("sandbox-local-root", overwrite=True)
+    app.application.server = server
+    app.application.save(app.name, overwrite=True)
+    run = client.wait(client.redeploy(app.name).id, timeout=120)
+    assert run.status is RunStatus.COMPLETED, run.error
+    assert run.step("Provision server").status is StepStatus.COMPLETED
