@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -107,12 +108,17 @@ class Checkpoint:
 
 
 class StopWatcher:
-    """While a step runs, watch for Stop and interrupt the step when it comes."""
+    """While a step runs, watch for Stop and interrupt the step when it comes.
+
+    One thread for the whole run (it opens its API client once: that takes about a second
+    in a fresh thread); it reads the flow run only while a step is running.
+    """
 
     def __init__(self, run_id: UUID, interrupt: Callable[[str], None]) -> None:
         self.run_id = run_id
         self.interrupt = interrupt
         self.stopped: str | None = None
+        self._active = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="deploy-runs-stop-watcher",
                                         daemon=True)
@@ -122,17 +128,33 @@ class StopWatcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # Not joined: the thread notices within POLL seconds and ends by itself.
         self._done.set()
-        self._thread.join(timeout=5)
+        self._active.set()
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        """Watch while the body (one step) runs."""
+        self._active.set()
+        try:
+            yield
+        finally:
+            self._active.clear()
 
     def _watch(self) -> None:
         with get_client(sync_client=True) as client:
-            while not self._done.wait(POLL):
+            while not self._done.is_set():
+                self._active.wait()
+                if self._done.wait(POLL):
+                    return
+                if not self._active.is_set():
+                    continue
                 try:
                     flow_run = client.read_flow_run(self.run_id)
                 except Exception:
                     continue
-                if cancel_requested(flow_run) or requested(flow_run) == STOP:
+                if self._active.is_set() and (cancel_requested(flow_run)
+                                              or requested(flow_run) == STOP):
                     self.stopped = "Stopped by request while this step was running."
                     self.interrupt(self.stopped)
                     return

@@ -41,7 +41,7 @@ def deploy_app(app: str, ref: str | None = None,
     # are not run again, their facts are read back instead.
     done = record.restore(ctx)
     checkpoint = Checkpoint(flow_run.id, pause_timeout, log=logger.info)
-    try:
+    with StopWatcher(flow_run.id, ctx.interrupt) as watcher, ctx:
         for step in PIPELINE:
             if step.name in done:
                 logger.info("%s already finished in this run; not running it again", step.name)
@@ -49,7 +49,7 @@ def deploy_app(app: str, ref: str | None = None,
             decision = checkpoint.before_step(step.name)
             if decision.stop:
                 return Cancelled(message=decision.message)
-            with StopWatcher(flow_run.id, ctx.interrupt):
+            with watcher.step():
                 state = step(ctx, return_state=True)
             if ctx.releases and step in (build_images, start_application):
                 record.services(ctx.releases)
@@ -61,6 +61,4 @@ def deploy_app(app: str, ref: str | None = None,
                 return Failed(message=f"{step.name} failed: {failure.message}")
             if step is fetch_source:
                 record.commit(app, ctx.commit or "", ctx.commit_message or "")
-    finally:
-        ctx.close()
     return Completed(message=f"Deployed {app} at {ctx.commit}")

@@ -64,6 +64,12 @@ class DeployContext:
         if self.stopped:
             raise StepStopped(self.stopped)
 
+    def __enter__(self) -> DeployContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._host is not None:
             self._host.close()

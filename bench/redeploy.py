@@ -1,0 +1,89 @@
+"""Benchmark: redeploys against a first deploy, on `shop` (three services), medians over repeats.
+
+- first deploy (fresh app: provisioning, clone, three image builds, three containers)
+- redeploy with no change (nothing built, nothing restarted)
+- redeploy with one service changed (one image rebuilt from cache, one container replaced)
+- the same for a service with a slow dependency layer (`RUN sleep 3`) before its source layer:
+  the cache keeps the slow layer, so only the source layer is rebuilt.
+
+Runs go through the engine in-process (the flow run), so worker start-up does not blur them.
+
+    python bench/redeploy.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import uuid
+
+from harness import bench_environment, summary
+
+VERBOSE = False
+SLOW_WEB = ("FROM busybox:latest\nRUN sleep 3 && echo {nonce} > /deps.txt\n"
+            'COPY content/ /www/\nCMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')
+
+
+def timed(app: str) -> float:
+    from flows.deploy import deploy_app
+
+    start = time.perf_counter()
+    state = deploy_app(app, return_state=True)
+    took = time.perf_counter() - start
+    assert state.is_completed(), state
+    if VERBOSE:
+        from deploy_runs import DeployRuns
+
+        run = DeployRuns().get_run(state.state_details.flow_run_id)
+        print(f"{app}: {took:.2f}s, flow run {run.duration}s:",
+              ", ".join(f"{s.name} {s.status} {s.duration}s" for s in run.steps))
+    return took
+
+
+def push(bench, app: str, path: str, content: str) -> None:
+    from deploy_runs.gitrepo import publish
+
+    source = bench.tmp / app
+    (source / path).write_text(content)
+    publish(source, bench.info.git_dir / f"{app}.git", f"change {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--verbose", action="store_true", help="print each run's steps")
+    args = parser.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
+    rows: dict[str, list[float]] = {k: [] for k in (
+        "first", "nochange", "one", "slow-first", "slow-one")}
+    with bench_environment() as bench:
+        timed(bench.app("warmup")[0])
+        for _ in range(args.repeats):
+            app, _ = bench.app("shop", example="shop")
+            rows["first"].append(timed(app))
+            rows["nochange"].append(timed(app))
+            push(bench, app, "api/content/index.html", f'{{"v": "{uuid.uuid4().hex}"}}\n')
+            rows["one"].append(timed(app))
+
+            app, _ = bench.app("slow", example="shop",
+                               files={"web/Dockerfile": SLOW_WEB.format(nonce=uuid.uuid4().hex)})
+            rows["slow-first"].append(timed(app))
+            push(bench, app, "web/content/index.html", f"<h1>{uuid.uuid4().hex}</h1>\n")
+            rows["slow-one"].append(timed(app))
+
+    first, slow_first = (statistics.median(rows[k]) for k in ("first", "slow-first"))
+    print(f"\nshop, {args.repeats} repeats, engine in-process:")
+    print(summary("first deploy", rows["first"]))
+    for key, label in (("nochange", "redeploy, no change"), ("one", "redeploy, api changed")):
+        print(summary(label, rows[key]) +
+              f"   = {statistics.median(rows[key]) / first:.0%} of first")
+    print(summary("first deploy, web has a 3 s dependency layer", rows["slow-first"]))
+    print(summary("redeploy, web source changed (cache keeps deps)", rows["slow-one"]) +
+          f"   = {statistics.median(rows['slow-one']) / slow_first:.0%} of first")
+    print("goals: no change <= 25% of first; one service <= 40%")
+
+
+if __name__ == "__main__":
+    main()
