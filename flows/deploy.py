@@ -1,5 +1,6 @@
 """deploy-app: one deploy run. Its task runs are the steps, in order, on the app's server;
-between steps the run checks for Pause and Stop, and during a step a watcher acts on Stop."""
+between steps the run checks for Pause and Stop, and during a step a watcher acts on Stop.
+Each step records what it found out (commit, services) on the run before it ends."""
 
 from __future__ import annotations
 
@@ -11,13 +12,7 @@ from blocks import Application
 from blocks.application import check_ref
 from deploy_runs.controls import Checkpoint, StopWatcher
 from deploy_runs.record import RunRecorder, failure_from_exception
-from deploy_runs.steps import (
-    PIPELINE,
-    DeployContext,
-    build_images,
-    fetch_source,
-    start_application,
-)
+from deploy_runs.steps import PIPELINE, DeployContext
 
 DEFAULT_PAUSE_TIMEOUT = 3600.0
 
@@ -51,14 +46,10 @@ def deploy_app(app: str, ref: str | None = None,
                 return Cancelled(message=decision.message)
             with watcher.step():
                 state = step(ctx, return_state=True)
-            if ctx.releases and step in (build_images, start_application):
-                record.services(ctx.releases)
             if ctx.stopped:
                 return Cancelled(message=f"{ctx.stopped} ({step.name})")
             if state.is_failed() or state.is_crashed():
                 failure = failure_from_exception(step.name, state.result(raise_on_failure=False))
                 record.failure(failure)
                 return Failed(message=f"{step.name} failed: {failure.message}")
-            if step is fetch_source:
-                record.commit(app, ctx.commit or "", ctx.commit_message or "")
     return Completed(message=f"Deployed {app} at {ctx.commit}")

@@ -15,6 +15,7 @@ import json
 from blocks import Service
 from deploy_runs import commands as c
 from deploy_runs.models import ServiceRelease
+from deploy_runs.record import RunRecorder
 from deploy_runs.remote import CollectingSink, RemoteHost
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
@@ -93,4 +94,5 @@ def build_images(ctx: DeployContext) -> dict[str, str]:
                  log, timeout=TIMEOUT)
         ctx.releases[service.name] = ServiceRelease(
             name=service.name, image=tag, build="rebuilt", build_reason=reason)
+    RunRecorder(ctx.run_id).services(ctx.releases)
     return dict(ctx.images)

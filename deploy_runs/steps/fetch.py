@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from deploy_runs import commands as c
 from deploy_runs.errors import StepFailed
+from deploy_runs.record import RunRecorder
 from deploy_runs.remote import CollectingSink
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
@@ -46,4 +47,5 @@ def fetch_source(ctx: DeployContext) -> dict[str, str]:
     sha, _, subject = info.stdout().partition("\n")
     ctx.commit, ctx.commit_message = sha.strip(), subject.strip()
     log.info("deploying commit %s: %s", ctx.commit, ctx.commit_message)
+    RunRecorder(ctx.run_id).commit(app.name, ctx.commit, ctx.commit_message)
     return {"commit": ctx.commit, "commit_message": ctx.commit_message}

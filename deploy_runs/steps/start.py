@@ -18,6 +18,7 @@ from blocks import Service
 from deploy_runs import commands as c
 from deploy_runs.errors import CommandFailed, StepFailed
 from deploy_runs.models import ServiceRelease
+from deploy_runs.record import RunRecorder
 from deploy_runs.remote import CollectingSink
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
@@ -54,10 +55,18 @@ def current_containers(ctx: DeployContext, log: StepLog) -> dict[str, tuple[str,
 @step(NAME)
 def start_application(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
-    host = ctx.host()
-    app, layout = ctx.app, ctx.layout
     running = current_containers(ctx, log)
     outcome: dict[str, str] = {}
+    try:
+        _start_services(ctx, log, running, outcome)
+    finally:
+        RunRecorder(ctx.run_id).services(ctx.releases)
+    return outcome
+
+
+def _start_services(ctx: DeployContext, log: StepLog, running: dict[str, tuple[str, str]],
+                    outcome: dict[str, str]) -> None:
+    host, app, layout = ctx.host(), ctx.app, ctx.layout
     for service in app.services:
         name = c.container_name(app.name, service.name)
         image = ctx.images[service.name]
@@ -110,4 +119,3 @@ def start_application(ctx: DeployContext) -> dict[str, str]:
         ctx.releases[service.name] = release.model_copy(
             update={"container": "replaced", "container_reason": reason})
         outcome[service.name] = "replaced"
-    return outcome
