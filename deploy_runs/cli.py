@@ -100,7 +100,10 @@ def deploy(
     detach: Annotated[bool, typer.Option(help="Print the run id and return at once.")] = False,
 ) -> None:
     """Deploy APP: start a run and show its steps live (exit 0 only if it completes)."""
-    run = _client().deploy(app_name, ref=ref)
+    _watch(_client().deploy(app_name, ref=ref), detach)
+
+
+def _watch(run: Run, detach: bool) -> None:
     if detach:
         console.print(str(run.id))
         return
@@ -115,12 +118,7 @@ def redeploy(
     detach: Annotated[bool, typer.Option(help="Print the run id and return at once.")] = False,
 ) -> None:
     """Redeploy APP with the latest commit of its branch; only what changed is rebuilt."""
-    run = _client().redeploy(app_name)
-    if detach:
-        console.print(str(run.id))
-        return
-    run = follow(run)
-    raise typer.Exit(0 if run.status is RunStatus.COMPLETED else 1)
+    _watch(_client().redeploy(app_name), detach)
 
 
 @app.command()
