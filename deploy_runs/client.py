@@ -40,6 +40,7 @@ from deploy_runs.runs import DEPLOY_FLOW, run_from_prefect
 from deploy_runs.status import RunStatus
 
 T = TypeVar("T")
+SETTLE_SECONDS = 5.0
 
 
 def deployment_name(app: str) -> str:
@@ -97,10 +98,14 @@ class AsyncDeployRuns:
                    poll_interval: float = 0.5) -> Run:
         """Wait until the run has ended (Completed, Failed or Stopped) and return it."""
         deadline = time.monotonic() + timeout
+        settle_by = None
         while True:
             run = await self.get_run(run_id)
             if run.status.is_final:
-                return run
+                # Give Prefect a moment to record the last step's final state.
+                settle_by = settle_by or time.monotonic() + SETTLE_SECONDS
+                if run.settled or time.monotonic() > settle_by:
+                    return run
             if time.monotonic() > deadline:
                 raise WaitTimeout(f"run {run.id} is still {run.status} after {timeout:g}s")
             await asyncio.sleep(poll_interval)

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from deploy_runs.status import RunStatus, StepStatus
 
@@ -59,6 +59,14 @@ class Run(BaseModel):
     error: Failure | None = None
     services: list[ServiceRelease] = Field(
         default_factory=list, description="Per service: rebuilt or reused, replaced or kept.")
+
+    # False while Prefect has not yet recorded the final state of a step that ran (task-run
+    # states are written asynchronously, so they can trail the flow run's final state).
+    _settled: bool = PrivateAttr(default=True)
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
 
     def step(self, name: str) -> Step:
         for step in self.steps:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 
 from deploy_runs.models import Failure, Run, Step
 from deploy_runs.record import fact_label, services_from_labels
@@ -54,7 +54,7 @@ def run_from_prefect(flow_run: FlowRun, task_runs: Sequence[TaskRun],
     labels = flow_run.labels or {}
     app = str(labels.get(fact_label("app")) or flow_run.parameters.get("app") or "")
     ref = labels.get(fact_label("ref")) or flow_run.parameters.get("ref") or None
-    return Run(
+    run = Run(
         id=flow_run.id,
         name=flow_run.name,
         app=app,
@@ -71,3 +71,6 @@ def run_from_prefect(flow_run: FlowRun, task_runs: Sequence[TaskRun],
         error=failure,
         services=services_from_labels(labels),
     )
+    run._settled = not any(t.state and t.state.type in (StateType.RUNNING, StateType.PENDING)
+                           for t in by_step.values())
+    return run

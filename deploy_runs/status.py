@@ -116,6 +116,10 @@ def step_status(state_type: StateType | str | None, state_name: str | None,
     ):
         return StepView(StepStatus.FAILED, STOPPED_STEP_MESSAGE)
     if kind is StateType.RUNNING:
+        if run is RunStatus.COMPLETED:
+            # The flow completes only after every step returned: this task run's final state
+            # has not been recorded yet (Prefect records task states asynchronously).
+            return StepView(StepStatus.COMPLETED)
         if run.is_final:
             # The run ended under a step that never reported back (the process died).
             return StepView(StepStatus.FAILED, state_message or "The run ended while this step ran.")
