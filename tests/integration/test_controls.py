@@ -80,8 +80,11 @@ def test_pause_waits_after_the_running_step_and_resume_continues_from_the_next(
     assert paused.status is RunStatus.IN_PROGRESS, "the running step finishes first"
     assert client.pause(run_id).status is RunStatus.IN_PROGRESS, "pausing twice = once"
 
-    run = wait_status(client, run_id, RunStatus.PAUSED)
-    assert run.step("Build images").status is StepStatus.COMPLETED
+    wait_status(client, run_id, RunStatus.PAUSED)
+    # Prefect records task-run states asynchronously: the step's may trail the run's a little.
+    wait_step(client, run_id, "Build images", StepStatus.COMPLETED, timeout=10)
+    run = client.get_run(run_id)
+    assert run.status is RunStatus.PAUSED
     assert run.step("Start application").status is StepStatus.PENDING
     assert client.pause(run_id).status is RunStatus.PAUSED, "pausing a paused run is a no-op"
 
@@ -171,7 +174,8 @@ def test_stop_a_paused_run(client, make_app, start):
     client.pause(run_id)
     wait_status(client, run_id, RunStatus.PAUSED)
     client.stop(run_id)
-    run = wait_status(client, run_id, RunStatus.STOPPED, timeout=15)
+    run = client.wait(run_id, timeout=15)  # waits for the steps' states to settle too
+    assert run.status is RunStatus.STOPPED
     assert all(s.status in (StepStatus.COMPLETED, StepStatus.SKIPPED) for s in run.steps)
     assert "while paused" in run.message
 
