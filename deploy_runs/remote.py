@@ -9,7 +9,6 @@ import re
 import select
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -393,5 +392,3 @@ class CollectingSink:
     def stdout(self) -> str:
         return "\n".join(text for stream, text in self.lines if stream == "stdout")
 
-
-LineCallback = Callable[[str, str], None]

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from deploy_runs.logs import LogLine
 from deploy_runs.models import Run
-from deploy_runs.status import RUN_INDICATORS, STEP_INDICATORS, Indicator, RunStatus, StepStatus
+from deploy_runs.status import RUN_INDICATORS, STEP_INDICATORS, Indicator, RunStatus
 
 _COLOURS = {"gray": "grey58", "blue": "dodger_blue1", "green": "green3", "red": "red3",
             "yellow": "yellow3"}
@@ -109,6 +109,3 @@ def render_runs(runs: list[Run]) -> RenderableType:
                       _seconds(run.duration))
     return table
 
-
-def step_is_active(run: Run) -> bool:
-    return any(step.status is StepStatus.RUNNING for step in run.steps)
