@@ -1,6 +1,6 @@
 """Prefect Block classes that users configure: the SSH server and the application."""
 
-from blocks.application import Application, HealthCheck, Service
+from blocks.application import Application, HealthCheck, Service, Timeouts
 from blocks.server import SSHServer
 
-__all__ = ["Application", "HealthCheck", "SSHServer", "Service"]
+__all__ = ["Application", "HealthCheck", "SSHServer", "Service", "Timeouts"]

@@ -53,6 +53,33 @@ class HealthCheck(BaseModel):
     interval: float = Field(0.5, gt=0, le=60, description="Seconds between probes.")
 
 
+class Timeouts(BaseModel):
+    """How long each step (and the whole run) may take; past it, the running command is
+    killed on the server and the step fails with `command-timeout`. Seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provision: float = Field(300, gt=0, le=86400, description="Provision server.")
+    fetch: float = Field(600, gt=0, le=86400, description="Fetch source.")
+    build: float = Field(1800, gt=0, le=86400, description="Build images (all services).")
+    start: float = Field(300, gt=0, le=86400, description="Start application.")
+    health: float = Field(600, gt=0, le=86400,
+                          description="Health check (all services; each service's own "
+                                      "health_check.timeout applies within it).")
+    run: float = Field(3600, gt=0, le=7 * 86400,
+                       description="The whole run, not counting time spent paused.")
+
+    def for_step(self, step: str) -> tuple[str, float]:
+        """(setting name, seconds) of a step's time limit."""
+        name = STEP_TIMEOUT_FIELDS.get(step, "run")
+        return name, getattr(self, name)
+
+
+STEP_TIMEOUT_FIELDS = {"Provision server": "provision", "Fetch source": "fetch",
+                       "Build images": "build", "Start application": "start",
+                       "Health check": "health"}
+
+
 class Service(BaseModel):
     """One container of the application, built from a Dockerfile in the repository."""
 
@@ -69,6 +96,10 @@ class Service(BaseModel):
                                 description="Environment variables (not secret; shown in logs).")
     health_check: HealthCheck = Field(default_factory=HealthCheck,
                                       description="How to tell the service is healthy.")
+    memory: str | None = Field(None, pattern=r"^[1-9][0-9]{0,8}[bkmg]?$",
+                               description="Memory limit of the container (e.g. `256m`); "
+                                           "exceeding it gets the container OOM-killed. "
+                                           "None: no limit.")
 
     @field_validator("context", "dockerfile")
     @classmethod
@@ -118,6 +149,8 @@ class Application(Block):
     branch: str = Field("main", description="Branch whose head is deployed when no ref is given.")
     server: SSHServer = Field(description="The server the application is deployed to.")
     services: list[Service] = Field(min_length=1, description="The services (containers) to run.")
+    timeouts: Timeouts = Field(default_factory=Timeouts,
+                               description="Per-step and whole-run time limits (seconds).")
     secret_env: SecretDict = Field(
         default_factory=lambda: SecretDict({}),
         description=(

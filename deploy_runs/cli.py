@@ -123,6 +123,17 @@ def redeploy(
 
 @app.command()
 @friendly
+def retry(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="Id of a failed run.")],
+    detach: Annotated[bool, typer.Option(help="Print the run id and return at once.")] = False,
+) -> None:
+    """Retry a failed run from its failed step: earlier steps whose inputs are unchanged
+    (same commit, same configuration) are reused, not run again."""
+    _watch(_client().retry(run_id), detach)
+
+
+@app.command()
+@friendly
 def show(
     run_id: Annotated[str, typer.Argument(metavar="RUN", help="Run id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the Run model as JSON.")] = False,

@@ -58,7 +58,7 @@ class AsyncDeployRuns:
     """Deploy applications and read their runs (async)."""
 
     async def deploy(self, app: str, ref: str | None = None,
-                     pause_timeout: float | None = None) -> Run:
+                     pause_timeout: float | None = None, *, _retry_of: UUID | None = None) -> Run:
         """Start a run of `app` through its Prefect deployment; returns at once (Started).
 
         `pause_timeout`: how long the run may stay paused before it ends Stopped."""
@@ -77,6 +77,8 @@ class AsyncDeployRuns:
             parameters: dict[str, Any] = {"app": app, "ref": ref}
             if pause_timeout is not None:
                 parameters["pause_timeout"] = pause_timeout
+            if _retry_of is not None:
+                parameters["retry_of"] = str(_retry_of)
             flow_run = await client.create_flow_run_from_deployment(
                 deployment.id, parameters=parameters,
                 tags=[RUN_TAG, app_tag(app)],
@@ -88,6 +90,16 @@ class AsyncDeployRuns:
         a first deploy: provisioning is skipped when done, unchanged services are neither
         rebuilt nor restarted."""
         return await self.deploy(app)
+
+    async def retry(self, run_id: UUID | str) -> Run:
+        """A new run of a failed run's app at the same commit that reuses the failed run's
+        completed steps whose inputs (commit, configuration) are unchanged, and starts at the
+        failed step (or at the first step whose inputs changed)."""
+        run = await self.get_run(run_id)
+        if run.status is not RunStatus.FAILED:
+            raise InvalidControl(f"run {run.id} is {run.status}, not Failed: only a failed run "
+                                 "can be retried (deploy the app instead)")
+        return await self.deploy(run.app, run.commit or run.ref, _retry_of=run.id)
 
     async def get_run(self, run_id: UUID | str) -> Run:
         async with get_client() as client:
@@ -249,6 +261,9 @@ class DeployRuns:
 
     def redeploy(self, app: str) -> Run:
         return self._sync(self._async.redeploy(app))
+
+    def retry(self, run_id: UUID | str) -> Run:
+        return self._sync(self._async.retry(run_id))
 
     def get_run(self, run_id: UUID | str) -> Run:
         return self._sync(self._async.get_run(run_id))

@@ -203,8 +203,13 @@ def docker_run(
     env_file: str | None,
     label_values: Mapping[str, str],
     restart: str = "unless-stopped",
+    memory: str | None = None,
 ) -> Command:
-    args = ["docker", "run", "--detach", "--init", "--name", name, "--restart", restart]
+    # --pull never: an image we did not build is an error here, never a registry request.
+    args = ["docker", "run", "--detach", "--init", "--pull", "never", "--name", name,
+            "--restart", restart]
+    if memory:
+        args += ["--memory", memory, "--memory-swap", memory]
     for host_port, container_port in ports:
         args += ["--publish", f"{host_port}:{container_port}"]
     for key, value in env.items():
@@ -214,6 +219,11 @@ def docker_run(
     args += _label_args(label_values)
     args.append(image)
     return Command(tuple(args))
+
+
+def docker_publishers(port: int) -> Command:
+    """Names of the running containers that publish `port` on the host."""
+    return cmd("docker", "ps", "--filter", f"publish={port}", "--format", "{{.Names}}")
 
 
 CONTAINER_STATE_FORMAT = (

@@ -76,5 +76,9 @@ class StepFailed(DeployRunsError):
         super().__init__(message)
 
 
+class StepTimedOut(StepFailed):
+    """The step (or the run) ran past its time limit while not running a command."""
+
+
 class StepStopped(DeployRunsError):
     """The step was interrupted by a Stop request (not a failure of the step itself)."""

@@ -20,14 +20,49 @@ class Step(BaseModel):
     message: str | None = None
 
 
+SuggestionKind = Literal[
+    "port-in-use", "disk-full", "ssh-auth", "host-key-mismatch", "server-unreachable",
+    "docker-daemon-down", "docker-permission", "dockerfile-missing", "build-file-missing",
+    "build-command-failed", "image-not-found", "out-of-memory", "container-exited",
+    "health-check-failed", "git-ref-not-found", "git-repo-not-found", "command-timeout",
+]
+
+
+class Suggestion(BaseModel):
+    """A suggested fix for a failure, with the line of evidence that led to it."""
+
+    kind: str = Field(description="One of the built-in kinds, or a suggester's own.")
+    title: str
+    detail: str = Field(description="What to change, concretely.")
+    evidence: str = Field("", description="The output line that triggered the suggestion.")
+    source: str = Field("built-in", description="`built-in`, or the name of the suggester.")
+    seen_before: str | None = Field(
+        None, description="When this failure happened before for the app, e.g. "
+                          "'seen in 3 of the last 10 runs, first on 2026-11-20 10:02 UTC'.")
+
+
 class Failure(BaseModel):
-    """What broke: the step, the command, its exit code and the last lines it printed."""
+    """What broke: the step, the command, its exit code and the last lines it printed, and
+    what to do about it."""
 
     step: str
     message: str
     command: str | None = None
     exit_code: int | None = None
     output_tail: list[str] = Field(default_factory=list)
+    timed_out: bool = False
+    suggestions: list[Suggestion] = Field(default_factory=list)
+    signature: str | None = Field(
+        None, description="Kind, step and error text with volatile parts (ids, ports, paths, "
+                          "times) normalised: equal for the same failure in different runs.")
+
+    def text(self) -> str:
+        """Everything diagnosis reads: the message, the command and its last output lines."""
+        lines = [self.message]
+        if self.command:
+            lines.append(f"$ {self.command}")
+        lines += self.output_tail
+        return "\n".join(lines)
 
 
 class ServiceRelease(BaseModel):

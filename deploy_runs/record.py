@@ -10,7 +10,8 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 
-from deploy_runs.errors import CommandFailed, StepFailed
+from deploy_runs.errors import CommandFailed, CommandTimedOut, StepFailed, StepTimedOut
+from deploy_runs.inputs import step_inputs
 from deploy_runs.models import Failure, ServiceRelease
 
 LABEL = "deploy-runs"
@@ -18,6 +19,7 @@ RUN_TAG = "deploy-runs"
 FAILURE_KEY = "deploy-runs-failure"
 
 if TYPE_CHECKING:
+    from blocks import Application
     from deploy_runs.steps.context import DeployContext
 
 
@@ -39,9 +41,11 @@ def services_from_labels(labels: dict) -> list[ServiceRelease]:
 def failure_from_exception(step: str, exc: BaseException | None) -> Failure:
     if isinstance(exc, CommandFailed):
         return Failure(step=step, message=str(exc).split("\n", 1)[0], command=exc.command,
-                       exit_code=exc.exit_code, output_tail=exc.output_tail)
+                       exit_code=exc.exit_code, output_tail=exc.output_tail,
+                       timed_out=isinstance(exc, CommandTimedOut))
     if isinstance(exc, StepFailed):
-        return Failure(step=step, message=str(exc), output_tail=exc.evidence)
+        return Failure(step=step, message=str(exc), output_tail=exc.evidence,
+                       timed_out=isinstance(exc, StepTimedOut))
     if exc is None:
         return Failure(step=step, message="the step failed")
     return Failure(step=step, message=f"{type(exc).__name__}: {exc}")
@@ -60,12 +64,14 @@ class RunRecorder:
             client.update_flow_run_labels(
                 self.run_id, {fact_label("app"): app, fact_label("ref"): ref or ""})
 
-    def commit(self, app: str, commit: str, message: str) -> None:
+    def commit(self, app: Application, commit: str, message: str) -> None:
+        """The commit being deployed, and (now that it is known) each step's input hashes."""
         with get_client(sync_client=True) as client:
-            client.update_flow_run(self.run_id, name=f"{app}-{commit[:7]}")
+            client.update_flow_run(self.run_id, name=f"{app.name}-{commit[:7]}")
             client.update_flow_run_labels(self.run_id, {
                 fact_label("commit"): commit,
                 fact_label("commit-message"): message[:500],
+                fact_label("inputs"): json.dumps(step_inputs(app, commit)),
             })
 
     def restore(self, ctx: DeployContext) -> set[str]:
@@ -97,3 +103,56 @@ class RunRecorder:
         with get_client(sync_client=True) as client:
             client.create_flow_run_input(self.run_id, key=FAILURE_KEY,
                                          value=failure.model_dump_json())
+            if failure.signature:
+                client.update_flow_run_labels(
+                    self.run_id, {fact_label("failure"): failure.signature})
+
+    def recent_failures(self, app: str, limit: int = 10) -> list[tuple[str | None, object]]:
+        """(failure signature or None, start time) of the app's `limit` runs before this one,
+        most recent first."""
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterId,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            FlowRunFilterTags,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=[RUN_TAG, app_tag(app)]),
+                    id=FlowRunFilterId(not_any_=[self.run_id]),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[
+                        StateType.COMPLETED, StateType.FAILED, StateType.CRASHED,
+                        StateType.CANCELLED]))),
+                sort=FlowRunSort.START_TIME_DESC, limit=limit)
+        return [((r.labels or {}).get(fact_label("failure")), r.start_time) for r in runs]
+
+    def reuse(self, earlier: UUID, ctx: DeployContext, planned: tuple[str, ...]) -> list[str]:
+        """For a retry: the leading steps of run `earlier` that completed with the same inputs
+        as now, with their facts (commit, images) put into `ctx` and recorded on this run."""
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+        from deploy_runs.inputs import reusable_steps
+
+        with get_client(sync_client=True) as client:
+            labels = client.read_flow_run(earlier).labels or {}
+            task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[earlier])))
+        completed = {t.name for t in task_runs if t.state and t.state.is_completed()}
+        commit = str(labels.get(fact_label("commit")) or "") or None
+        before = json.loads(str(labels.get(fact_label("inputs")) or "{}"))
+        reuse = reusable_steps(planned, completed, before, step_inputs(ctx.app, commit))
+        if commit and "Fetch source" in reuse:
+            ctx.commit = commit
+            ctx.commit_message = str(labels.get(fact_label("commit-message")) or "")
+            self.commit(ctx.app, commit, ctx.commit_message)
+        if "Build images" in reuse:
+            for release in services_from_labels(labels):
+                ctx.releases[release.name] = release
+                ctx.images[release.name] = release.image
+            self.services(ctx.releases)
+        return reuse

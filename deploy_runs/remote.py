@@ -134,6 +134,9 @@ class RemoteHost:
         self.address = address
         self.notes: list[str] = []
         self.interrupted: str | None = None
+        # A time limit over every command (the step's or the run's), set by the caller:
+        # (time.monotonic() deadline, what to say when it passes).
+        self.deadline: tuple[float, str] | None = None
         self._running_pgid: int | None = None
         self._client: paramiko.SSHClient | None = None
 
@@ -183,7 +186,16 @@ class RemoteHost:
                     f"{addr.label} offers no host key of the pinned type "
                     f"{expected.get_name()} (expected {fingerprint(expected)}): {exc}"
                 ) from None
+            if str(exc) == "No existing session" or "banner" in str(exc):
+                # the TCP connection opened but no SSH server spoke within the timeout
+                raise ConnectionFailed(
+                    f"SSH connection to {addr.label} failed: no SSH answer within "
+                    f"{addr.connect_timeout:g}s") from None
             raise ConnectionFailed(f"SSH connection to {addr.label} failed: {exc}") from None
+        except paramiko.ssh_exception.NoValidConnectionsError as exc:
+            client.close()
+            causes = sorted({e.strerror or str(e) for e in exc.errors.values()})
+            raise ConnectionFailed(f"cannot reach {addr.label}: {'; '.join(causes)}") from None
         except (TimeoutError, OSError) as exc:
             client.close()
             raise ConnectionFailed(
@@ -240,7 +252,9 @@ class RemoteHost:
                 sink.line(stream, line)
 
         started = time.monotonic()
-        deadline = started + timeout
+        deadline, why = started + timeout, f"command timed out after {timeout:g}s"
+        if self.deadline is not None and self.deadline[0] < deadline:
+            deadline, why = self.deadline
         try:
             while True:
                 if self.interrupted and (pgid is not None or time.monotonic() - started > 2):
@@ -263,7 +277,7 @@ class RemoteHost:
                 if time.monotonic() > deadline:
                     self._kill(pgid)
                     raise CommandTimedOut(text, None, list(tail),
-                                          f"command timed out after {timeout:g}s and was killed")
+                                          f"{why}; the command was killed on the server")
                 select.select([channel], [], [], 0.2)
             for name, splitter in streams.items():
                 emit(name, splitter.close())

@@ -12,6 +12,8 @@ Prefect deployment. A bad spec is refused before anything is saved, naming the f
         env: {GREETING: hello}
         secret_env: {API_TOKEN: ${HELLO_API_TOKEN}}   # read from the environment of `apps add`
         health_check: {type: http, path: /, timeout: 30}
+        memory: 256m                 # optional container memory limit
+    timeouts: {build: 900, run: 1800}  # optional, seconds (defaults in blocks.Timeouts)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from blocks import Application, Service, SSHServer
-from blocks.application import NAME_PATTERN
+from blocks.application import NAME_PATTERN, Timeouts
 from deploy_runs.errors import ConfigError
 
 WORK_POOL = "deploy-runs"
@@ -48,6 +50,7 @@ class AppSpec(BaseModel):
     branch: str = "main"
     server: str = Field(min_length=1, description="Name of the SSHServer block to deploy to.")
     services: list[ServiceSpec] = Field(min_length=1)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
 
 
 def _problems(exc: ValidationError) -> list[str]:
@@ -108,7 +111,7 @@ def to_application(spec: AppSpec, server: SSHServer,
             name=spec.name, repository=spec.repository, branch=spec.branch, server=server,
             services=[Service.model_validate(s.model_dump(exclude={"secret_env"}))
                       for s in spec.services],
-            secret_env=secrets,
+            secret_env=secrets, timeouts=spec.timeouts,
         )
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from None

@@ -4,13 +4,14 @@ gray strikethrough) with rich."""
 from __future__ import annotations
 
 from rich.console import Group, RenderableType
+from rich.panel import Panel
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
 from deploy_runs.logs import LogLine
 from deploy_runs.models import Run
-from deploy_runs.status import RUN_INDICATORS, STEP_INDICATORS, Indicator, RunStatus
+from deploy_runs.status import RUN_INDICATORS, STEP_INDICATORS, Indicator, RunStatus, StepStatus
 
 _COLOURS = {"gray": "grey58", "blue": "dodger_blue1", "green": "green3", "red": "red3",
             "yellow": "yellow3"}
@@ -64,9 +65,11 @@ def render_run(run: Run, tail: list[LogLine] | None = None) -> RenderableType:
     table.add_column("note", overflow="fold")
     for step in run.steps:
         indicator = STEP_INDICATORS[step.status]
-        table.add_row(_mark(indicator), Text(step.name, style=_style(indicator)),
-                      Text(str(step.status), style=_style(indicator)),
-                      _seconds(step.duration), Text(step.message or "", style="grey58"))
+        failed = step.status is StepStatus.FAILED
+        style = f"bold {_style(indicator)}" if failed else _style(indicator)
+        table.add_row(_mark(indicator), Text(step.name, style=style),
+                      Text(str(step.status), style=style), _seconds(step.duration),
+                      Text(step.message or "", style="red3" if failed else "grey58"))
     parts: list[RenderableType] = [head, table]
     if run.services:
         services = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
@@ -83,15 +86,25 @@ def render_run(run: Run, tail: list[LogLine] | None = None) -> RenderableType:
         parts += [render_log_line(line, 200) for line in tail]
     if run.error:
         error = run.error
-        lines = Text.assemble(("✖ ", "red3"), (f"{error.step} failed: ", "bold red3"),
-                              (error.message, "red3"))
+        lines = Text.assemble(("✖ ", "red3"), (error.message, "red3"))
         if error.command:
             lines.append(f"\n  command:   $ {error.command}")
         if error.exit_code is not None:
             lines.append(f"\n  exit code: {error.exit_code}")
         for line in error.output_tail[-15:]:
             lines.append(f"\n  | {line[:300]}", style="grey70")
-        parts.append(lines)
+        if error.suggestions:
+            lines.append("\nSuggested fixes:", style="bold")
+        for suggestion in error.suggestions:
+            lines.append(f"\n  → {suggestion.title}", style="bold yellow3")
+            lines.append(f" [{suggestion.kind}]", style="grey58")
+            if suggestion.seen_before:
+                lines.append(f" ({suggestion.seen_before})", style="magenta")
+            lines.append(f"\n    {suggestion.detail}")
+            if suggestion.evidence:
+                lines.append(f"\n    evidence: {suggestion.evidence[:200]}", style="grey58")
+        parts.append(Panel(lines, title=Text(f"{error.step} failed", style="bold red3"),
+                           border_style="red3", title_align="left"))
     return Group(*parts)
 
 

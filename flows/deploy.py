@@ -1,28 +1,47 @@
 """deploy-app: one deploy run. Its task runs are the steps, in order, on the app's server;
 between steps the run checks for Pause and Stop, and during a step a watcher acts on Stop.
-Each step records what it found out (commit, services) on the run before it ends."""
+Each step records what it found out (commit, services) on the run before it ends. Every
+command runs under the step's time limit and the run's; a failure is explained (suggested
+fixes) and every run ends with a summary artifact for the Prefect UI."""
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+import time
+from datetime import UTC, datetime
+from uuid import UUID
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.states import Cancelled, Completed, Failed, State
 
 from blocks import Application
 from blocks.application import check_ref
 from deploy_runs.controls import Checkpoint, StopWatcher
+from deploy_runs.models import Failure
+from deploy_runs.outcome import RunOutcome
 from deploy_runs.record import RunRecorder, failure_from_exception
-from deploy_runs.steps import PIPELINE, DeployContext
+from deploy_runs.status import SKIPPED_STATE_NAME, RunStatus
+from deploy_runs.steps import PIPELINE, PLANNED_STEPS, DeployContext
 
 DEFAULT_PAUSE_TIMEOUT = 3600.0
 
 
+@task(cache_policy=NO_CACHE, persist_result=False)
+def reused_step(message: str) -> State:
+    """Stands for a step a retry did not run again (shown Skipped, with where it was done)."""
+    return Completed(name=SKIPPED_STATE_NAME, message=message)
+
+
 @flow(name="deploy-app", flow_run_name="{app}", persist_result=False, log_prints=False)
 def deploy_app(app: str, ref: str | None = None,
-               pause_timeout: float = DEFAULT_PAUSE_TIMEOUT) -> State:
+               pause_timeout: float = DEFAULT_PAUSE_TIMEOUT,
+               retry_of: str | None = None) -> State:
     """Deploy the application saved as block `app`, at `ref` (default: its branch head).
 
     A paused run waits at most `pause_timeout` seconds for Resume, then ends Stopped.
+    `retry_of`: a failed run of the same app whose completed steps are reused while their
+    inputs (commit, configuration) are unchanged; the run starts at the first step to redo.
     """
     if ref is not None:
         check_ref(ref)
@@ -32,24 +51,49 @@ def deploy_app(app: str, ref: str | None = None,
     record = RunRecorder(flow_run.id)
     record.begin(app, ref, list(flow_run.tags))
     ctx = DeployContext(run_id=flow_run.id, app=application, ref=ref)
+    outcome = RunOutcome(flow_run, app, ref)
     # After a Prefect suspend (the UI's Pause) the flow restarts from the top: finished steps
     # are not run again, their facts are read back instead.
     done = record.restore(ctx)
+    reuse = [] if done or not retry_of else record.reuse(UUID(retry_of), ctx, PLANNED_STEPS)
     checkpoint = Checkpoint(flow_run.id, pause_timeout, log=logger.info)
+    ctx.start_run_clock()
+
+    def end(status: RunStatus, state: State, failure: Failure | None = None) -> State:
+        outcome.publish(status, state.message or "", ctx, failure)
+        return state
+
     with StopWatcher(flow_run.id, ctx.interrupt) as watcher, ctx:
         for step in PIPELINE:
             if step.name in done:
                 logger.info("%s already finished in this run; not running it again", step.name)
                 continue
+            if step.name in reuse:
+                message = f"Reused from run {retry_of} (same inputs)."
+                reused_step.with_options(name=step.name, task_run_name=step.name)(message)
+                outcome.reused(step.name, message)
+                continue
+            waited = time.monotonic()
             decision = checkpoint.before_step(step.name)
+            ctx.extend_run_clock(time.monotonic() - waited)
             if decision.stop:
-                return Cancelled(message=decision.message)
+                return end(RunStatus.STOPPED, Cancelled(message=decision.message))
+            if ctx.run_deadline and time.monotonic() > ctx.run_deadline[0]:
+                failure = outcome.explain(
+                    Failure(step=step.name, message=ctx.run_deadline[1], timed_out=True),
+                    ctx, record)
+                return end(RunStatus.FAILED, Failed(message=f"{step.name}: {failure.message}"),
+                           failure)
+            started = datetime.now(UTC)
             with watcher.step():
                 state = step(ctx, return_state=True)
+            outcome.step(step.name, state, started)
             if ctx.stopped:
-                return Cancelled(message=f"{ctx.stopped} ({step.name})")
+                return end(RunStatus.STOPPED, Cancelled(message=f"{ctx.stopped} ({step.name})"))
             if state.is_failed() or state.is_crashed():
-                failure = failure_from_exception(step.name, state.result(raise_on_failure=False))
-                record.failure(failure)
-                return Failed(message=f"{step.name} failed: {failure.message}")
-    return Completed(message=f"Deployed {app} at {ctx.commit}")
+                failure = outcome.explain(
+                    failure_from_exception(step.name, state.result(raise_on_failure=False)),
+                    ctx, record)
+                return end(RunStatus.FAILED,
+                           Failed(message=f"{step.name} failed: {failure.message}"), failure)
+    return end(RunStatus.COMPLETED, Completed(message=f"Deployed {app} at {ctx.commit}"))

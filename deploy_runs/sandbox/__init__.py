@@ -11,13 +11,14 @@ as ``deploy`` (non-root, in the docker group) and as ``root``.  Every engine has
     info = sandbox.up()             # idempotent; fast when everything already runs
     local = info.host("local")
     h1 = sandbox.add_host("h1")     # another server, 10.200.1.2:22
+    sandbox.stop_engine("h1")       # h1's Docker engine down (add_host("h1") restarts it)
     sandbox.down()                  # stops only what the sandbox started
 
 Also ``python -m deploy_runs.sandbox up|down|status|add-host NAME|install``.
 """
 
 from .layout import sandbox_dir
-from .lifecycle import add_host, down, status, up
+from .lifecycle import add_host, down, status, stop_engine, up
 from .models import SandboxHost, SandboxInfo
 from .packages import install
 from .processes import SandboxError
@@ -31,5 +32,6 @@ __all__ = [
     "install",
     "sandbox_dir",
     "status",
+    "stop_engine",
     "up",
 ]

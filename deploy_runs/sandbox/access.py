@@ -14,6 +14,9 @@ from .processes import SandboxError, run, write_atomic
 log = logging.getLogger("deploy_runs.sandbox")
 
 DEPLOY_USER = "deploy"
+# A second login without Docker access: what a server where the deploy user was never added to
+# the docker group looks like (tests of that failure use it).
+NO_DOCKER_USER = "deploy-nodocker"
 CLIENT_KEY_COMMENT = "deploy-runs-sandbox"
 
 
@@ -32,13 +35,23 @@ def ensure_deploy_user() -> pwd.struct_passwd:
         pw = pwd.getpwnam(DEPLOY_USER)
     if pw.pw_gid != docker_gid and DEPLOY_USER not in grp.getgrgid(docker_gid).gr_mem:
         run(["usermod", "-aG", "docker", DEPLOY_USER])
+    _unlock(DEPLOY_USER)
+    try:
+        pwd.getpwnam(NO_DOCKER_USER)
+    except KeyError:
+        log.info("creating user %s", NO_DOCKER_USER)
+        run(["useradd", "-m", "-s", "/bin/bash", NO_DOCKER_USER])
+    _unlock(NO_DOCKER_USER)
+    return pw
+
+
+def _unlock(user: str) -> None:
     # useradd leaves the password "!" (locked), and sshd with UsePAM no refuses a locked account
     # even for key logins; "*" means "no password" without the lock.
     for line in Path("/etc/shadow").read_text().splitlines():
         fields = line.split(":")
-        if fields[0] == DEPLOY_USER and fields[1].startswith("!"):
-            run(["usermod", "-p", "*", DEPLOY_USER])
-    return pw
+        if fields[0] == user and fields[1].startswith("!"):
+            run(["usermod", "-p", "*", user])
 
 
 def ensure_keypair(path: Path, comment: str = "") -> str:
@@ -68,11 +81,12 @@ def public_key_line(pub: Path) -> str:
 
 
 def ensure_client_key(lay: Layout, pw: pwd.struct_passwd) -> None:
-    """The client key, authorised for ``deploy`` and ``root`` on every sandbox host."""
+    """The client key, authorised for ``deploy``, ``deploy-nodocker`` and ``root`` on every
+    sandbox host."""
     public = ensure_keypair(lay.client_key, CLIENT_KEY_COMMENT)
     mkdir(lay.authorized_dir)
     want = f"{public} {CLIENT_KEY_COMMENT}\n"
-    for user in (DEPLOY_USER, "root"):
+    for user in (DEPLOY_USER, NO_DOCKER_USER, "root"):
         f = lay.authorized_dir / user
         if not f.exists() or f.read_text() != want:
             write_atomic(f, want, 0o644)

@@ -66,6 +66,22 @@ def add_host(name: str) -> SandboxHost:
     return HostSpec.namespaced(lay, host).model()
 
 
+def stop_engine(name: str) -> None:
+    """Stop the Docker engine of namespace host ``name`` (its sshd keeps running): a server
+    whose engine is down.  ``add_host(name)`` starts it again."""
+    lay = Layout.current()
+    with locked(lay):
+        state = State.load(lay)
+        host = next((h for h in state.active() if h.name == name), None)
+        if host is None:
+            raise ValueError(f"no active namespace host {name!r}")
+        spec = HostSpec.namespaced(lay, host)
+        stop_all([ns_engine_target(spec)])
+        sock = Path(socket_path(host.docker_host))
+        if sock.is_socket() and not engine_answers(host.docker_host, timeout=0.5):
+            sock.unlink(missing_ok=True)
+
+
 def down() -> None:
     """Stop what up/add_host started (only PIDs from the sandbox's PID files) and delete the
     namespaces and veths they created.  Keys, git_dir, engine data and the host addresses are

@@ -14,6 +14,7 @@ import json
 
 from blocks import Service
 from deploy_runs import commands as c
+from deploy_runs.errors import CommandFailed, StepFailed
 from deploy_runs.models import ServiceRelease
 from deploy_runs.record import RunRecorder
 from deploy_runs.remote import CollectingSink, RemoteHost
@@ -62,6 +63,26 @@ def why_rebuilt(host: RemoteHost, ctx: DeployContext, service: Service, previous
     return "build arguments changed or image not on the server"
 
 
+def build_input_objects(host: RemoteHost, ctx: DeployContext, revs: list[str],
+                        log: StepLog) -> list[str]:
+    """The git objects of every service's context and Dockerfile; a missing one is named
+    with the setting that points at it."""
+    sink = CollectingSink(log)
+    result = host.run(c.git_rev_parse(ctx.layout.repo, revs), sink, timeout=TIMEOUT, check=False)
+    if result.exit_code == 0:
+        return sink.stdout().splitlines()
+    short = (ctx.commit or "")[:7]
+    for service in ctx.app.services:
+        for setting, path, what in (("dockerfile", service.dockerfile, "Dockerfile"),
+                                    ("context", service.context, "build context")):
+            if path not in (".", "") and any(f"path '{path}' does not exist" in line
+                                             for line in result.tail):
+                raise StepFailed(f"services[{service.name}].{setting}: {what} {path} does not "
+                                 f"exist in the repository at commit {short}",
+                                 evidence=result.tail)
+    raise CommandFailed(result.command, result.exit_code, result.tail)
+
+
 @step(NAME)
 def build_images(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
@@ -71,7 +92,7 @@ def build_images(ctx: DeployContext) -> dict[str, str]:
 
     revs = [rev for s in app.services
             for rev in (c.tree_rev(commit, s.context), c.tree_rev(commit, s.dockerfile))]
-    objects = _stdout(host, c.git_rev_parse(layout.repo, revs), log)
+    objects = build_input_objects(host, ctx, revs, log)
     existing = set(_stdout(host, c.docker_images(app.name), log))
     previous = previous_commits(host, app.name, log)
 

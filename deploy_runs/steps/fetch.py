@@ -47,5 +47,5 @@ def fetch_source(ctx: DeployContext) -> dict[str, str]:
     sha, _, subject = info.stdout().partition("\n")
     ctx.commit, ctx.commit_message = sha.strip(), subject.strip()
     log.info("deploying commit %s: %s", ctx.commit, ctx.commit_message)
-    RunRecorder(ctx.run_id).commit(app.name, ctx.commit, ctx.commit_message)
+    RunRecorder(ctx.run_id).commit(app, ctx.commit, ctx.commit_message)
     return {"commit": ctx.commit, "commit_message": ctx.commit_message}

@@ -67,6 +67,7 @@ def wait_healthy(ctx: DeployContext, host: RemoteHost, service: Service,
     last, repeats = None, 0
     while True:
         ctx.check_stopped()
+        ctx.check_deadline()
         healthy, answer = probe(host, service)
         if answer != last:
             log.info("probe %s: %s", service.name, answer)
@@ -83,16 +84,37 @@ def wait_healthy(ctx: DeployContext, host: RemoteHost, service: Service,
         time.sleep(check.interval)
 
 
-def evidence(host: RemoteHost, ctx: DeployContext, service: Service, log: StepLog) -> list[str]:
+def evidence(host: RemoteHost, ctx: DeployContext, service: Service,
+             log: StepLog) -> tuple[list[str], str]:
+    """The container's state, port bindings and last log lines; and its state in words."""
     name = c.container_name(ctx.app.name, service.name)
     lines: list[str] = []
+    state = ""
     for command in (c.docker_container_state(name), c.docker_port(name),
                     c.docker_container_logs(name, tail=30)):
         sink = CollectingSink(log)
         result = host.run(command, sink, timeout=30, check=False)
         lines.append(f"$ {result.command}")
         lines += [text for _, text in sink.lines]
-    return lines
+        state = state or sink.stdout().strip()
+    return lines, describe_state(name, state)
+
+
+def describe_state(name: str, state: str) -> str:
+    """'container X is running' / 'is restarting (last exit code 137, OOM-killed, 5
+    restarts)' from the `docker inspect` state line."""
+    fields = dict(part.split("=", 1) for part in state.split() if "=" in part)
+    status = fields.get("status")
+    if not status:
+        return f"container {name}: state unknown"
+    notes = []
+    if fields.get("exit_code", "0") != "0" or status in ("exited", "dead"):
+        notes.append(f"last exit code {fields.get('exit_code', '?')}")
+    if fields.get("oom_killed") == "true":
+        notes.append("OOM-killed")
+    if fields.get("restarts", "0") != "0":
+        notes.append(f"{fields['restarts']} restarts")
+    return f"container {name} is {status}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 @step(NAME)
@@ -103,17 +125,17 @@ def health_check(ctx: DeployContext) -> dict[str, str]:
     for service in ctx.app.services:
         ok, answers = wait_healthy(ctx, host, service, log)
         if not ok:
-            found = evidence(host, ctx, service, log)
+            found, state = evidence(host, ctx, service, log)
             name = c.container_name(ctx.app.name, service.name)
             release = ctx.releases.get(service.name)
-            state = (f"the new container {name} is still running, unhealthy; the previous one "
-                     f"is stopped and kept as {c.previous_name(name)} (start it to roll back)"
-                     if release and release.container == "replaced" else
-                     f"container {name} is still running")
+            if release and release.container == "replaced" and \
+                    release.container_reason != "new service":
+                state += (f"; the previous container is stopped and kept as "
+                          f"{c.previous_name(name)} (start it to roll back)")
+            last = next((a for a in reversed(answers) if not a.startswith("(")), "-")
             raise StepFailed(
                 f"service {service.name} did not become healthy within "
-                f"{service.health_check.timeout:g}s (last probe: "
-                f"{answers[-1] if answers else '-'}); {state}",
+                f"{service.health_check.timeout:g}s (last probe: {last}); {state}",
                 evidence=answers + found,
             )
         healthy[service.name] = answers[-1]

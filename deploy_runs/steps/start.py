@@ -37,7 +37,7 @@ def runtime_config_hash(image: str, service: Service, secrets: dict[str, str]) -
     config = {"image": image, "ports": [[service.host_port, service.container_port]],
               "env": dict(sorted(service.env.items())),
               "secrets": hashlib.sha256(json.dumps(sorted(secrets.items())).encode()).hexdigest(),
-              "restart": RESTART_POLICY}
+              "restart": RESTART_POLICY, "memory": service.memory}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -50,6 +50,20 @@ def current_containers(ctx: DeployContext, log: StepLog) -> dict[str, tuple[str,
         name, config, _commit, state, _id = (line.split("\t") + [""] * 5)[:5]
         found[name] = (config, state)
     return found
+
+
+def port_holder(ctx: DeployContext, service: Service, exc: CommandFailed,
+                log: StepLog) -> str | None:
+    """When the port is taken: which container publishes it, if one does (evidence)."""
+    if not any("already allocated" in line or "address already in use" in line
+               for line in exc.output_tail):
+        return None
+    sink = CollectingSink(log)
+    ctx.host().run(c.docker_publishers(service.host_port), sink, timeout=TIMEOUT, check=False)
+    names = [n for n in sink.stdout().split() if n]
+    return (f"port {service.host_port} is published by container(s): {', '.join(names)}"
+            if names else f"port {service.host_port} is not published by any container: "
+                          "another process on the server listens on it")
 
 
 @step(NAME)
@@ -100,22 +114,26 @@ def _start_services(ctx: DeployContext, log: StepLog, running: dict[str, tuple[s
         run = c.docker_run(
             name, image,
             ports=[(service.host_port, service.container_port)],
-            env=service.env, env_file=env_file, restart=RESTART_POLICY,
+            env=service.env, env_file=env_file, restart=RESTART_POLICY, memory=service.memory,
             label_values=c.labels(app=app.name, service=service.name, commit=ctx.commit or "",
                                   run=str(ctx.run_id), config=config),
         )
         try:
             host.run(run, log, timeout=TIMEOUT)
         except CommandFailed as exc:
-            if current is None:
-                raise
+            # `docker run` may leave the container created but not started: remove it
             host.run(c.docker_remove_container(name), log, timeout=TIMEOUT, check=False)
+            held = port_holder(ctx, service, exc, log)
+            if current is None:
+                if held:
+                    exc.output_tail.append(held)
+                raise
             host.run(c.docker_rename(previous, name), log, timeout=TIMEOUT)
             host.run(c.docker_start(name), log, timeout=TIMEOUT)
             raise StepFailed(
                 f"{service.name}: the new container could not start ({exc.output_tail[-1:]}); "
                 f"the previous container was put back and is running again as {name}",
-                evidence=exc.output_tail) from None
+                evidence=exc.output_tail + ([held] if held else [])) from None
         ctx.releases[service.name] = release.model_copy(
             update={"container": "replaced", "container_reason": reason})
         outcome[service.name] = "replaced"

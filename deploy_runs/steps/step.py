@@ -18,6 +18,7 @@ def step(name: str) -> Callable[[Callable[[DeployContext], Any]], Task]:
     def decorate(fn: Callable[[DeployContext], Any]) -> Task:
         @functools.wraps(fn)
         def body(ctx: DeployContext) -> Any:
+            ctx.begin_step(name)
             try:
                 return fn(ctx)
             finally:

@@ -156,7 +156,8 @@ def make_app(sandbox_info, server_blocks, worker, docker_client, tmp_path_factor
                     server=server)
         for service in spec["services"]:
             service["host_port"] = free_port()
-            service.setdefault("health_check", {})["timeout"] = 15
+            check = service.setdefault("health_check", {})
+            check["timeout"] = min(check.get("timeout", 15), 15)
         application = to_application(parse_spec(spec), load_server(server), environ={})
         register(application)
         app = SampleApp(name, source, bare, application)

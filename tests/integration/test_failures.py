@@ -1,0 +1,399 @@
+"""Failed runs, produced for real in the sandbox: each kind of failure is caused for real (a
+taken port, a full disk, a wrong key, a stopped engine, ...), deployed, and the run must name
+the failed step, the command, the output, and the right suggested fix.
+
+With DEPLOY_RUNS_CAPTURE_FIXTURES=1 each case also writes the failure it produced to
+tests/fixtures/failures/CASE.json: the real outputs the diagnosis rules are unit-tested on.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pwd
+import re
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from blocks import SSHServer
+from deploy_runs import RunStatus, StepStatus, sandbox
+from deploy_runs.diagnose import register_suggester, unregister_suggester
+from deploy_runs.models import Run, Suggestion
+from deploy_runs.sandbox_blocks import server_block
+from flows.deploy import deploy_app
+
+from .conftest import free_port, server_processes
+
+pytestmark = pytest.mark.timeout(300)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "failures"
+CAPTURE = os.environ.get("DEPLOY_RUNS_CAPTURE_FIXTURES") == "1"
+WEB = {"name": "web", "context": ".", "dockerfile": "Dockerfile", "container_port": 8080,
+       "host_port": 1, "health_check": {"type": "http", "path": "/", "timeout": 4,
+                                        "interval": 0.2}}
+
+
+def deploy_here(client, app: str, **params) -> Run:
+    """Run the deploy flow in this process (no worker start-up) and read the run back."""
+    state = deploy_app(app=app, return_state=True, **params)
+    return client.wait(state.state_details.flow_run_id, timeout=120)
+
+
+def check_failed(run: Run, step: str, kind: str, case: str) -> Run:
+    assert run.status is RunStatus.FAILED, (run.status, run.message)
+    assert run.step(step).status is StepStatus.FAILED, [(s.name, s.status) for s in run.steps]
+    error = run.error
+    assert error is not None and error.step == step, error
+    assert error.suggestions, f"no suggestion for {case}: {error.text()}"
+    assert error.suggestions[0].kind == kind, (case, [s.kind for s in error.suggestions],
+                                               error.text())
+    assert error.suggestions[0].evidence, error.suggestions[0]
+    assert error.signature and error.signature.startswith(f"{kind}|{step}|")
+    later = run.steps[[s.name for s in run.steps].index(step) + 1:]
+    assert all(s.status is StepStatus.SKIPPED for s in later), later
+    if CAPTURE:
+        FIXTURES.mkdir(parents=True, exist_ok=True)
+        data = {"case": case, "expected_kind": kind,
+                **error.model_dump(include={"step", "message", "command", "exit_code",
+                                            "output_tail"})}
+        (FIXTURES / f"{case}.json").write_text(json.dumps(data, indent=1) + "\n")
+    return run
+
+
+def server_variant(name: str, **changes) -> str:
+    """Save a copy of the sandbox-local server block with some fields changed."""
+    block = SSHServer.load("sandbox-local")
+    data = block.model_dump()
+    data["private_key"] = block.private_key.get_secret_value()
+    data.update(changes)
+    SSHServer(**data).save(name, overwrite=True)
+    return name
+
+
+def web(**changes) -> list[dict]:
+    return [{**copy.deepcopy(WEB), **changes}]
+
+
+def listening(port: int, address: str = "0.0.0.0") -> socket.socket:
+    """A plain process (this one) listening on `port` of the server (this machine)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, port))
+    sock.listen()
+    return sock
+
+
+# --- SSH and the server ----------------------------------------------------------------------
+
+def test_wrong_key_is_ssh_auth(client, make_app):
+    key = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption()).decode()
+    app = make_app("hello", server=server_variant("t-wrong-key", private_key=key))
+    run = check_failed(deploy_here(client, app.name), "Provision server", "ssh-auth", "ssh-auth")
+    assert "authentication failed" in run.error.message.lower()
+
+
+def test_changed_host_key_is_refused_with_both_fingerprints(client, make_app):
+    other = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    app = make_app("hello", server=server_variant("t-other-host-key", host_key=other))
+    run = check_failed(deploy_here(client, app.name), "Provision server", "host-key-mismatch",
+                       "host-key-mismatch")
+    assert re.search(r"offered ssh-ed25519 \S+, expected ssh-ed25519 \S+", run.error.message)
+
+
+def test_closed_ssh_port_is_server_unreachable(client, make_app):
+    app = make_app("hello", server=server_variant("t-closed-port", port=free_port()))
+    started = time.monotonic()
+    run = check_failed(deploy_here(client, app.name), "Provision server", "server-unreachable",
+                       "server-unreachable")
+    assert time.monotonic() - started < 30
+    assert "Connection refused" in run.error.message
+
+
+def test_server_that_never_answers_fails_within_the_connect_timeout(client, make_app):
+    # A port that accepts connections and then says nothing (a hung server): only the
+    # connect timeout ends the wait.
+    port = free_port()
+    silent = listening(port, "127.0.0.1")
+    try:
+        app = make_app("hello", server=server_variant("t-silent-host", port=port,
+                                                      connect_timeout=2))
+        started = time.monotonic()
+        run = check_failed(deploy_here(client, app.name), "Provision server",
+                           "server-unreachable", "server-silent")
+        assert time.monotonic() - started < 30
+    finally:
+        silent.close()
+    assert run.error.suggestions[0].title == "The server cannot be reached over SSH"
+
+
+def test_user_without_docker_access_is_docker_permission(client, make_app):
+    app = make_app("hello", server=server_variant("t-nodocker", username="deploy-nodocker"))
+    run = check_failed(deploy_here(client, app.name), "Provision server", "docker-permission",
+                       "docker-permission")
+    assert "usermod -aG docker deploy-nodocker" in run.error.suggestions[0].detail
+
+
+@pytest.fixture(scope="module")
+def engine_down_host() -> Iterator[str]:
+    host = sandbox.add_host("enginedown")
+    server_block(host).save("sandbox-enginedown", overwrite=True)
+    sandbox.stop_engine("enginedown")
+    yield "sandbox-enginedown"
+    sandbox.add_host("enginedown")  # its engine back, for the next test session
+
+
+def test_stopped_docker_engine_is_docker_daemon_down(client, make_app, engine_down_host):
+    app = make_app("hello", server=engine_down_host)
+    started = time.monotonic()
+    run = check_failed(deploy_here(client, app.name), "Provision server", "docker-daemon-down",
+                       "docker-daemon-down")
+    assert time.monotonic() - started < 60
+    assert "Cannot connect to the Docker daemon" in "\n".join(run.error.output_tail)
+
+
+# --- the source -------------------------------------------------------------------------------
+
+def test_unknown_ref_is_git_ref_not_found(client, make_app):
+    app = make_app("hello")
+    run = check_failed(deploy_here(client, app.name, ref="no-such-branch"), "Fetch source",
+                       "git-ref-not-found", "git-ref-not-found")
+    assert "no-such-branch" in run.error.suggestions[0].title
+
+
+def test_unknown_repository_is_git_repo_not_found(client, make_app, sandbox_info):
+    app = make_app("hello")
+    app.application.repository = (f"{sandbox_info.host('local').git_base_url}"
+                                   f"missing-{uuid.uuid4().hex[:6]}.git")
+    app.application.save(app.name, overwrite=True)
+    check_failed(deploy_here(client, app.name), "Fetch source", "git-repo-not-found",
+                 "git-repo-not-found")
+
+
+def test_full_disk_is_disk_full(client, make_app):
+    app = make_app("hello")
+    home = Path(pwd.getpwnam("deploy").pw_dir)
+    repo = home / "deploy-runs" / "apps" / app.name / "repo"
+    repo.mkdir(parents=True)
+    deploy = pwd.getpwnam("deploy")
+    for path in (repo.parent.parent, repo.parent, repo):
+        os.chown(path, deploy.pw_uid, deploy.pw_gid)
+    # a real filesystem with no room: an 8 kB tmpfs where the checkout goes
+    subprocess.run(["mount", "-t", "tmpfs", "-o",
+                    f"size=8k,mode=0755,uid={deploy.pw_uid},gid={deploy.pw_gid}", "tmpfs",
+                    str(repo)], check=True)
+    try:
+        run = check_failed(deploy_here(client, app.name), "Fetch source", "disk-full",
+                           "disk-full")
+    finally:
+        subprocess.run(["umount", str(repo)], check=True)
+    assert "No space left on device" in run.error.text()
+
+
+# --- building ---------------------------------------------------------------------------------
+
+def test_missing_dockerfile_is_dockerfile_missing(client, make_app):
+    app = make_app("hello", spec_changes={"services": web(dockerfile="docker/Dockerfile.prod")})
+    run = check_failed(deploy_here(client, app.name), "Build images", "dockerfile-missing",
+                       "dockerfile-missing")
+    assert "services[web].dockerfile" in run.error.suggestions[0].detail
+
+
+def test_copy_of_missing_file_is_build_file_missing(client, make_app):
+    dockerfile = ("FROM busybox:latest\nCOPY site/ /www/\nCOPY config/missing.conf /etc/app.conf\n"
+                  'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')
+    app = make_app("hello", files={"Dockerfile": dockerfile})
+    run = check_failed(deploy_here(client, app.name), "Build images", "build-file-missing",
+                       "build-file-missing")
+    assert "missing.conf" in run.error.suggestions[0].title
+
+
+def test_failing_run_instruction_is_build_command_failed(client, make_app):
+    nonce = uuid.uuid4().hex[:8]
+    dockerfile = (f"FROM busybox:latest\nRUN echo compiling {nonce} && "
+                  "echo 'error: missing dependency libfoo' >&2 && exit 3\n")
+    app = make_app("hello", files={"Dockerfile": dockerfile})
+    run = check_failed(deploy_here(client, app.name), "Build images", "build-command-failed",
+                       "build-command-failed")
+    assert run.error.exit_code == 3
+    assert "code 3" in run.error.suggestions[0].detail
+
+
+def test_unreachable_base_image_is_image_not_found(client, make_app):
+    # A registry address on loopback where nothing listens: the engine cannot pull (and no
+    # traffic leaves the machine).
+    dockerfile = "FROM 127.0.0.1:9/acme/base:1.0\nCOPY site/ /www/\n"
+    app = make_app("hello", files={"Dockerfile": dockerfile})
+    run = check_failed(deploy_here(client, app.name), "Build images", "image-not-found",
+                       "image-not-found")
+    assert "127.0.0.1:9/acme/base:1.0" in run.error.suggestions[0].title
+
+
+def test_slow_build_past_the_step_timeout_is_killed_and_command_timeout(client, make_app):
+    marker = f"slowbuild{uuid.uuid4().hex[:8]}"
+    dockerfile = f"FROM busybox:latest\nRUN echo {marker} && sleep 120\n"
+    app = make_app("hello", files={"Dockerfile": dockerfile},
+                   spec_changes={"timeouts": {"build": 3}})
+    started = time.monotonic()
+    run = check_failed(deploy_here(client, app.name), "Build images", "command-timeout",
+                       "command-timeout")
+    assert time.monotonic() - started < 60
+    assert run.error.timed_out
+    assert "timeouts.build" in run.error.message
+    assert not server_processes(f"echo {marker}"), "the build command still runs on the server"
+
+
+# --- starting and health ------------------------------------------------------------------
+
+def test_port_taken_by_a_container_is_port_in_use(client, make_app, docker_client):
+    port = free_port()
+    squatter = docker_client.containers.run(
+        "busybox:latest", ["sleep", "300"], detach=True, init=True, ports={"9999/tcp": port},
+        name=f"t-squatter-{uuid.uuid4().hex[:6]}")
+    try:
+        app = make_app("hello")
+        app.application.services[0].host_port = port
+        app.application.save(app.name, overwrite=True)
+        run = check_failed(deploy_here(client, app.name), "Start application", "port-in-use",
+                           "port-in-use-container")
+    finally:
+        squatter.remove(force=True)
+    detail = run.error.suggestions[0].detail
+    assert f"services[web].host_port of app {app.name} (now {port})" in detail
+    assert "another container" in detail
+    assert any(squatter.name in line for line in run.error.output_tail)
+
+
+def test_port_taken_by_a_process_is_port_in_use_and_retry_starts_at_the_failed_step(
+        client, make_app):
+    port = free_port()
+    squatter = listening(port)
+    try:
+        app = make_app("hello")
+        app.application.services[0].host_port = port
+        app.application.save(app.name, overwrite=True)
+        failed = check_failed(deploy_here(client, app.name), "Start application", "port-in-use",
+                              "port-in-use-process")
+    finally:
+        squatter.close()
+    assert "another process" in failed.error.suggestions[0].detail
+
+    # The cause is gone: retry reuses the steps that completed with the same inputs.
+    started = client.retry(failed.id)
+    retried = client.wait(started.id, timeout=180)
+    assert retried.status is RunStatus.COMPLETED, retried.error
+    assert retried.id != failed.id and retried.commit == failed.commit
+    for name in ("Provision server", "Fetch source", "Build images"):
+        step = retried.step(name)
+        assert step.status is StepStatus.SKIPPED, step
+        assert str(failed.id) in (step.message or ""), step
+    assert retried.step("Start application").status is StepStatus.COMPLETED
+    assert retried.step("Health check").status is StepStatus.COMPLETED
+    built = [line.text for line in client.logs(retried.id) if line.text.startswith("$ docker build")]
+    assert built == []
+
+
+def test_retry_after_a_config_change_runs_the_changed_steps_again(client, make_app):
+    app = make_app("hello", spec_changes={"services": web(health_check={
+        "type": "http", "path": "/missing", "timeout": 2, "interval": 0.2})})
+    failed = check_failed(deploy_here(client, app.name), "Health check", "health-check-failed",
+                          "health-check-failed")
+    detail = failed.error.suggestions[0].detail
+    assert "404" in detail and "services[web].health_check" in detail
+    # fix the health check: Provision/Fetch/Build/Start inputs are unchanged, Health's changed
+    app.application.services[0].health_check.path = "/"
+    app.application.save(app.name, overwrite=True)
+    retried = client.wait(client.retry(failed.id).id, timeout=180)
+    assert retried.status is RunStatus.COMPLETED, retried.error
+    assert [s.status for s in retried.steps] == [StepStatus.SKIPPED] * 4 + [StepStatus.COMPLETED]
+
+    # change a runtime setting: Start runs again too
+    app.application.services[0].env = {"GREETING": "changed"}
+    app.application.services[0].health_check.path = "/missing"
+    app.application.save(app.name, overwrite=True)
+    failed2 = deploy_here(client, app.name)
+    assert failed2.status is RunStatus.FAILED
+    app.application.services[0].health_check.path = "/"
+    app.application.services[0].env = {"GREETING": "changed again"}
+    app.application.save(app.name, overwrite=True)
+    retried2 = client.wait(client.retry(failed2.id).id, timeout=180)
+    assert retried2.status is RunStatus.COMPLETED, retried2.error
+    assert [s.status for s in retried2.steps[:3]] == [StepStatus.SKIPPED] * 3
+    assert retried2.step("Start application").status is StepStatus.COMPLETED
+
+
+def test_container_exiting_at_start_is_container_exited(client, make_app):
+    dockerfile = ("FROM busybox:latest\n"
+                  'CMD ["sh", "-c", "echo fatal: DATABASE_URL is not set >&2; exit 3"]\n')
+    app = make_app("hello", files={"Dockerfile": dockerfile},
+                   spec_changes={"services": web()})
+    run = check_failed(deploy_here(client, app.name), "Health check", "container-exited",
+                       "container-exited")
+    kinds = [s.kind for s in run.error.suggestions]
+    assert kinds[:2] == ["container-exited", "health-check-failed"]
+    assert any("DATABASE_URL is not set" in line for line in run.error.output_tail)
+
+
+def test_memory_hungry_container_is_out_of_memory(client, make_app):
+    dockerfile = ("FROM busybox:latest\n"
+                  "CMD [\"sh\", \"-c\", \"x=$(head -c 64m /dev/zero | tr '\\\\0' a); "
+                  "httpd -f -p 8080\"]\n")
+    app = make_app("hello", files={"Dockerfile": dockerfile},
+                   spec_changes={"services": web(memory="8m")})
+    run = check_failed(deploy_here(client, app.name), "Health check", "out-of-memory",
+                       "out-of-memory")
+    assert "services[web].memory (now 8m)" in run.error.suggestions[0].detail
+
+
+# --- diagnosis beyond the rules: history and suggesters --------------------------------------
+
+def test_a_repeated_failure_says_it_was_seen_before(client, make_app):
+    app = make_app("hello")
+    first = deploy_here(client, app.name, ref="release-41")
+    assert first.error.suggestions[0].seen_before is None
+    other = deploy_here(client, app.name, ref="hotfix")  # another failure: not the same
+    assert other.error.suggestions[0].seen_before is None
+    # the same failure, differing only in a volatile part (a number)
+    third = deploy_here(client, app.name, ref="release-42")
+    seen = third.error.suggestions[0].seen_before
+    assert seen and seen.startswith("seen in 1 of the last 2 runs, first on "), seen
+    assert first.error.signature == third.error.signature != other.error.signature
+
+
+def test_registered_suggesters_add_or_replace_suggestions(client, make_app):
+    calls = []
+
+    def ai(failure, context):
+        calls.append((failure.step, context.app_name, len(context.log_tail)))
+        return [{"kind": "ai-hint", "title": "Ask the team", "detail": "ref typo?"}]
+
+    def replacing(failure, context):
+        return [Suggestion(kind="ai-only", title="Only this", detail="replaced")]
+
+    app = make_app("hello")
+    register_suggester(ai, name="chat-ai")
+    try:
+        run = deploy_here(client, app.name, ref="nope-1")
+    finally:
+        unregister_suggester(ai)
+    assert [s.kind for s in run.error.suggestions] == ["git-ref-not-found", "ai-hint"]
+    assert run.error.suggestions[1].source == "chat-ai"
+    assert calls and calls[0][:2] == ("Fetch source", app.name)
+
+    register_suggester(replacing, replace=True)
+    try:
+        run = deploy_here(client, app.name, ref="nope-2")
+    finally:
+        unregister_suggester(replacing)
+    assert [s.kind for s in run.error.suggestions] == ["ai-only"]
