@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import State
 
-from deploy_runs.diagnose import FailureContext, seen_before, signature, suggest
+from deploy_runs.diagnosis import FailureContext, seen_before, signature, suggest
 from deploy_runs.models import Failure, Run, Step
 from deploy_runs.record import RunRecorder
 from deploy_runs.status import RunStatus, StepStatus, step_status

@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from deploy_runs.heartbeat import HEARTBEAT_ENV
+
 DEFAULT_PORT = 4200
 
 SERVER_SETTINGS = {
@@ -27,6 +29,9 @@ FLOW_SETTINGS = {
     "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.1",
     # The worker looks for new runs every second instead of every 10.
     "PREFECT_WORKER_QUERY_SECONDS": "1",
+    # Runs send a heartbeat every 30 s (the minimum; default 180): a run whose process died
+    # is then marked Crashed within about 90 s (deploy_runs/heartbeat.py).
+    **HEARTBEAT_ENV,
 }
 
 
@@ -92,17 +97,20 @@ def worker_env(url: str) -> dict[str, str]:
     return {**os.environ, **FLOW_SETTINGS, "PREFECT_API_URL": url}
 
 
-def start_worker(url: str, state: Path | None = None, name: str = "worker") -> int:
-    """Start a process worker for the deploy-runs pool (reusing one that is already running)."""
+def start_worker(url: str, state: Path | None = None, name: str = "worker",
+                 pool: str | None = None) -> int:
+    """Start a process worker for the deploy-runs pool (or `pool`), reusing one that is
+    already running."""
     state = state or home()
     pid = _alive(state / f"{name}.pid")
     if pid:
         return pid
     from deploy_runs.spec import WORK_POOL, ensure_work_pool
 
-    ensure_work_pool()
+    pool = pool or WORK_POOL
+    ensure_work_pool(pool)
     return _start(name, [sys.executable, "-m", "prefect", "worker", "start",
-                         "--pool", WORK_POOL, "--type", "process", "--name", f"deploy-runs-{name}"],
+                         "--pool", pool, "--type", "process", "--name", f"deploy-runs-{name}"],
                   worker_env(url), state)
 
 

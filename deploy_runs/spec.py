@@ -143,17 +143,22 @@ def register(app: Application) -> None:
 
 
 def ensure_work_pool(name: str = WORK_POOL) -> None:
+    """The process work pool, and the automation that ends runs whose process died."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
 
+    from deploy_runs.heartbeat import ensure_crash_automation
+
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
         client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+    ensure_crash_automation()
 
 
 def ensure_deployment(app: str) -> None:
     from prefect.deployments.runner import EntrypointType
 
+    from deploy_runs.heartbeat import HEARTBEAT_ENV
     from deploy_runs.record import RUN_TAG, app_tag
     from flows.deploy import deploy_app
 
@@ -164,6 +169,8 @@ def ensure_deployment(app: str) -> None:
         tags=[RUN_TAG, app_tag(app)],
         description=f"Deploy {app} (deploy-runs).",
         entrypoint_type=EntrypointType.MODULE_PATH,
+        # heartbeats every 30 s also on workers deploy-runs did not start (see heartbeat.py)
+        job_variables={"env": HEARTBEAT_ENV},
     )
     deployment.apply(work_pool_name=WORK_POOL)
 

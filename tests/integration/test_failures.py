@@ -15,6 +15,7 @@ import pwd
 import re
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from blocks import SSHServer
 from deploy_runs import RunStatus, StepStatus, sandbox
-from deploy_runs.diagnose import register_suggester, unregister_suggester
+from deploy_runs.diagnosis import register_suggester, unregister_suggester
 from deploy_runs.models import Run, Suggestion
 from deploy_runs.sandbox_blocks import server_block
 from flows.deploy import deploy_app
@@ -67,6 +68,17 @@ def check_failed(run: Run, step: str, kind: str, case: str) -> Run:
                                             "output_tail"})}
         (FIXTURES / f"{case}.json").write_text(json.dumps(data, indent=1) + "\n")
     return run
+
+
+def summary_artifact(run_id) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as prefect:
+        [artifact] = prefect.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    assert artifact.type == "markdown"
+    return str(artifact.data)
 
 
 def server_variant(name: str, **changes) -> str:
@@ -288,6 +300,17 @@ def test_port_taken_by_a_process_is_port_in_use_and_retry_starts_at_the_failed_s
     finally:
         squatter.close()
     assert "another process" in failed.error.suggestions[0].detail
+    # the same, as `deploy-runs show` prints it and as the Prefect UI shows it
+    shown = subprocess.run([sys.executable, "-m", "deploy_runs.cli", "show", str(failed.id)],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    for text in ("Start application failed", "Suggested fixes", "[port-in-use]",
+                 f"Port {port} on the server is already in use"):
+        assert text in shown.stdout, shown.stdout
+    summary = summary_artifact(failed.id)
+    for text in ("🔴 Start application failed", "| 🔴 | Start application | **Failed** |",
+                 "~~Health check~~", "`port-in-use`", "### Suggested fixes"):
+        assert text in summary, summary
 
     # The cause is gone: retry reuses the steps that completed with the same inputs.
     started = client.retry(failed.id)

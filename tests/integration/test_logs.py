@@ -19,6 +19,7 @@ from prefect.client.schemas.filters import (
 )
 
 from deploy_runs import RunStatus, StepStatus
+from deploy_runs.diagnosis import diagnose
 
 from .commandflow import run_log_cases
 from .conftest import wait_for
@@ -112,6 +113,7 @@ def test_a_dropped_ssh_connection_fails_the_step_and_keeps_every_line_received(c
         (task_run,) = prefect.read_task_runs(task_run_filter=TaskRunFilter(
             flow_run_id=TaskRunFilterFlowRunId(any_=[run.id])))
     assert "connection" in task_run.state.message and "lost" in task_run.state.message
+    assert diagnose(task_run.state.message)[0].kind == "server-unreachable"
     numbers = [int(line.text.split()[1]) for line in lines_of(client, run.id, "stdout")]
     assert len(numbers) >= 30
     assert numbers == list(range(1, len(numbers) + 1)), "no gap, no duplicate, in order"

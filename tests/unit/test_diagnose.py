@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from blocks import Application, Service, SSHServer
-from deploy_runs.diagnose import (
+from deploy_runs.diagnosis import (
     FailureContext,
     diagnose,
     normalise,

@@ -25,7 +25,7 @@ from deploy_runs.models import Failure, Suggestion
 if TYPE_CHECKING:
     from blocks import Application, Service
 
-logger = logging.getLogger("deploy_runs.diagnose")
+logger = logging.getLogger("deploy_runs.diagnosis")
 
 Detail = Callable[[re.Match[str], "Application | None"], tuple[str, str]]
 

@@ -1,0 +1,85 @@
+"""Never hang: a run whose worker (and its flow process) is killed ends Failed (Prefect's
+Crashed) in bounded time, by Prefect's heartbeats and the automation deploy-runs installs; the
+app can be deployed again right away. (Timeouts, unreachable servers, a stopped engine and a
+lost connection are in test_failures.py and test_logs.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.deployments.runner import EntrypointType
+
+from deploy_runs import RunStatus, StepStatus
+from deploy_runs.heartbeat import HEARTBEAT_ENV, WITHIN_SECONDS
+from deploy_runs.prefect_local import start_worker
+from deploy_runs.spec import ensure_work_pool
+from flows.deploy import deploy_app
+
+from .conftest import slow_build_files, wait_for
+
+pytestmark = pytest.mark.timeout(420)
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_run_whose_worker_is_killed_ends_failed_in_bounded_time(client, make_app, prefect_api,
+                                                                  tmp_path):
+    marker = f"doomed{uuid.uuid4().hex[:8]}"
+    app = make_app("hello", files=slow_build_files(150, marker))
+    healthy = make_app("hello")
+    # This app's runs go to a pool of their own, served by a worker this test kills.
+    pool = f"doomed-{uuid.uuid4().hex[:6]}"
+    ensure_work_pool(pool)
+    deployment_id = deploy_app.to_deployment(
+        name=f"{app.name}-doomed", parameters={"app": app.name},
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        job_variables={"env": HEARTBEAT_ENV}).apply(work_pool_name=pool)
+    worker = start_worker(prefect_api, tmp_path, name="doomed", pool=pool)
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.create_flow_run_from_deployment(
+            deployment_id, tags=["deploy-runs", f"app:{app.name}"])
+    done = client.wait(client.deploy(healthy.name).id, timeout=180)
+    assert done.status is RunStatus.COMPLETED, done.error
+
+    wait_for(lambda: client.get_run(flow_run.id).step("Build images").status
+             is StepStatus.RUNNING, 120, "the doomed run to be building")
+    victims = [worker, *descendants(worker)]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+
+    run = wait_for(lambda: (lambda r: r if r.status is RunStatus.FAILED else None)(
+        client.get_run(flow_run.id)), WITHIN_SECONDS + 60, "the dead run to end Failed")
+    took = time.monotonic() - killed
+    print(f"killed worker -> run Failed in {took:.1f}s")
+    assert "heartbeat" in (run.message or ""), run.message
+    assert run.step("Build images").status is StepStatus.FAILED
+    assert run.step("Health check").status is StepStatus.SKIPPED
+
+    # nothing left behind: the app deploys again (now with a quick build), through the usual
+    # worker; and the run that completed earlier was not touched by the automation
+    app.push(slow_build_files(0, marker + "x"), "quick build")
+    again = client.wait(client.deploy(app.name).id, timeout=180)
+    assert again.status is RunStatus.COMPLETED, again.error
+    assert client.get_run(done.id).status is RunStatus.COMPLETED
