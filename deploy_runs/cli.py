@@ -6,10 +6,12 @@ import contextvars
 import functools
 import json
 import os
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -21,7 +23,16 @@ from deploy_runs.errors import DeployRunsError
 from deploy_runs.logs import LogLine
 from deploy_runs.models import Run
 from deploy_runs.status import RunStatus
-from deploy_runs.view import render_log_line, render_run, render_runs, step_header
+from deploy_runs.view import (
+    render_comparison,
+    render_failures,
+    render_log_line,
+    render_matches,
+    render_run,
+    render_runs,
+    render_stats,
+    step_header,
+)
 
 app = typer.Typer(name="deploy-runs", no_args_is_help=True, rich_markup_mode="rich",
                   help="Deploy applications over SSH and Docker; every deploy is a Prefect run.")
@@ -146,12 +157,22 @@ def show(
 @app.command()
 @friendly
 def logs(
-    run_id: Annotated[str, typer.Argument(metavar="RUN", help="Run id.")],
+    run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Run id.")] = None,
     step: Annotated[str | None, typer.Option(help="Only this step's lines.")] = None,
     follow_: Annotated[bool, typer.Option("--follow", "-f",
                                           help="Keep printing new lines until the run ends.")] = False,
+    search: Annotated[str | None, typer.Option(
+        help="Search past runs' logs for lines containing this text (most recent first).")] = None,
+    app_name: Annotated[str | None, typer.Option("--app", help="With --search: this app.")] = None,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="With --search.")] = 90,
 ) -> None:
-    """Print a run's logs: each step's commands and their output, line by line."""
+    """Print a run's logs: each step's commands and their output, line by line. With
+    --search, matching lines across historical runs."""
+    if search is not None:
+        console.print(render_matches(_client().search_logs(search, app_name, days)))
+        return
+    if run_id is None:
+        raise typer.BadParameter("give a RUN id, or --search PATTERN")
     current: object = object()
     for line in _client().logs(run_id, step=step, follow=follow_):
         if line.step != current:
@@ -160,16 +181,76 @@ def logs(
         console.print(render_log_line(line), highlight=False, markup=False, soft_wrap=True)
 
 
+def _since(value: str | None) -> datetime | None:
+    """'7d', '12h', '30m' ago, or an ISO date/time."""
+    if not value:
+        return None
+    match = re.fullmatch(r"(\d+)([dhm])", value)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        unit_name = {"d": "days", "h": "hours", "m": "minutes"}[unit]
+        return datetime.now(UTC) - timedelta(**{unit_name: amount})
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter("expected e.g. 7d, 12h, 30m or an ISO date") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 @app.command()
 @friendly
 def runs(
     app_name: Annotated[str | None, typer.Option("--app", help="Only runs of this app.")] = None,
+    status: Annotated[list[RunStatus] | None, typer.Option(
+        help="Only runs with this status (repeatable).", case_sensitive=False)] = None,
+    since: Annotated[str | None, typer.Option(help="Created since: 7d, 12h, 30m or a date.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many (paging).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print Run models as JSON.")] = False,
 ) -> None:
     """List runs, most recent first."""
-    found = _client().runs(app=app_name, limit=limit)
+    found = _client().runs(app=app_name, status=status or None, since=_since(since),
+                           limit=limit, offset=offset)
     _print_json(found) if as_json else console.print(render_runs(found))
+
+
+@app.command()
+@friendly
+def compare(
+    run_a: Annotated[str, typer.Argument(metavar="A", help="Run id (usually the older).")],
+    run_b: Annotated[str, typer.Argument(metavar="B", help="Run id.")],
+    repo: Annotated[Path | None, typer.Option(help="A local clone, to list the commits "
+                                                   "between the two runs.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the RunComparison as JSON.")] = False,
+) -> None:
+    """Compare two runs side by side: steps, durations, commits, rebuilt services, config
+    changes, errors, and where the failing step's output diverges."""
+    comparison = _client().compare(run_a, run_b, repo)
+    _print_json(comparison) if as_json else console.print(render_comparison(comparison))
+
+
+@app.command()
+@friendly
+def stats(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="Application name.")],
+    days: Annotated[int, typer.Option(min=1, max=3650)] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="Print RunStats as JSON.")] = False,
+) -> None:
+    """Deploy frequency, success rate, durations (with a chart), time to recover, trend."""
+    found = _client().stats(app_name, days)
+    _print_json(found) if as_json else console.print(render_stats(found))
+
+
+@app.command()
+@friendly
+def failures(
+    app_name: Annotated[str | None, typer.Option("--app", help="Only this app.")] = None,
+    days: Annotated[int, typer.Option(min=1, max=3650)] = 90,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Recurring failures: failed runs grouped by signature, most frequent first."""
+    found = _client().recurring_failures(app_name, days)
+    _print_json(found) if as_json else console.print(render_failures(found))
 
 
 def _control(action: str, run_id: str) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -19,8 +21,6 @@ from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterTags,
     TaskRunFilter,
     TaskRunFilterFlowRunId,
 )
@@ -31,11 +31,12 @@ from prefect.states import Cancelled
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from blocks.application import check_ref
+from deploy_runs import history
 from deploy_runs.controls import CONTROL_LABEL, PAUSE, STOP, requested
 from deploy_runs.errors import AppNotFound, ConfigError, InvalidControl, RunNotFound, WaitTimeout
 from deploy_runs.logs import LogLine, alogs, logs_sync
-from deploy_runs.models import Failure, Run
-from deploy_runs.record import FAILURE_KEY, RUN_TAG, app_tag
+from deploy_runs.models import Failure, LogMatch, RecurringFailure, Run, RunComparison, RunStats
+from deploy_runs.record import FAILURE_KEY, RUN_TAG, app_tag, trigger_tag
 from deploy_runs.runs import DEPLOY_FLOW, run_from_prefect
 from deploy_runs.status import RunStatus
 
@@ -58,7 +59,8 @@ class AsyncDeployRuns:
     """Deploy applications and read their runs (async)."""
 
     async def deploy(self, app: str, ref: str | None = None,
-                     pause_timeout: float | None = None, *, _retry_of: UUID | None = None) -> Run:
+                     pause_timeout: float | None = None, *, _retry_of: UUID | None = None,
+                     _trigger: str = "deploy") -> Run:
         """Start a run of `app` through its Prefect deployment; returns at once (Started).
 
         `pause_timeout`: how long the run may stay paused before it ends Stopped."""
@@ -81,7 +83,7 @@ class AsyncDeployRuns:
                 parameters["retry_of"] = str(_retry_of)
             flow_run = await client.create_flow_run_from_deployment(
                 deployment.id, parameters=parameters,
-                tags=[RUN_TAG, app_tag(app)],
+                tags=[RUN_TAG, app_tag(app), trigger_tag(_trigger)],
             )
         return run_from_prefect(flow_run, [])
 
@@ -89,7 +91,7 @@ class AsyncDeployRuns:
         """A new run of `app` with the latest commit of its branch (after a push). Faster than
         a first deploy: provisioning is skipped when done, unchanged services are neither
         rebuilt nor restarted."""
-        return await self.deploy(app)
+        return await self.deploy(app, _trigger="redeploy")
 
     async def retry(self, run_id: UUID | str) -> Run:
         """A new run of a failed run's app at the same commit that reuses the failed run's
@@ -99,7 +101,8 @@ class AsyncDeployRuns:
         if run.status is not RunStatus.FAILED:
             raise InvalidControl(f"run {run.id} is {run.status}, not Failed: only a failed run "
                                  "can be retried (deploy the app instead)")
-        return await self.deploy(run.app, run.commit or run.ref, _retry_of=run.id)
+        return await self.deploy(run.app, run.commit or run.ref, _retry_of=run.id,
+                                 _trigger="retry")
 
     async def get_run(self, run_id: UUID | str) -> Run:
         async with get_client() as client:
@@ -122,17 +125,52 @@ class AsyncDeployRuns:
                 raise WaitTimeout(f"run {run.id} is still {run.status} after {timeout:g}s")
             await asyncio.sleep(poll_interval)
 
-    async def runs(self, app: str | None = None, limit: int = 50) -> list[Run]:
-        """Runs, most recent first, optionally of one application."""
-        tags = [RUN_TAG] + ([app_tag(app)] if app else [])
+    async def runs(self, app: str | None = None,
+                   status: RunStatus | str | Sequence[RunStatus | str] | None = None,
+                   since: datetime | None = None, limit: int = 50, offset: int = 0) -> list[Run]:
+        """Runs, most recent first: of one application, with one of the given statuses,
+        created since a time; a page of `limit` runs after skipping `offset`. The server
+        filters, sorts and pages."""
+        statuses = _statuses(status)
+        flow_filter = FlowFilter(name=FlowFilterName(any_=[DEPLOY_FLOW]))
+        run_filter = history.run_filter(app, statuses, since=since)
         async with get_client() as client:
-            flow_runs = await client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=[DEPLOY_FLOW])),
-                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=tags)),
-                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-                limit=limit,
-            )
+            flow_runs = await history._pages(
+                lambda page, skip: client.read_flow_runs(
+                    flow_filter=flow_filter, flow_run_filter=run_filter,
+                    sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=page, offset=skip),
+                limit=limit, offset=offset)
             return await self._assemble(client, flow_runs)
+
+    async def compare(self, run_a: UUID | str, run_b: UUID | str,
+                      repo: str | Path | None = None) -> RunComparison:
+        """Two runs side by side: steps (status, duration and difference), commits (and the
+        commits between them, given a local clone `repo`), services rebuilt in each, config
+        changes (variable names only), each run's error, and where the failing step's output
+        first diverges."""
+        async with get_client() as client:
+            flow_a = await self._read_flow_run(client, _run_id(run_a))
+            flow_b = await self._read_flow_run(client, _run_id(run_b))
+            a, b = await self._assemble(client, [flow_a, flow_b])
+            return await history.compare(client, a, b, flow_a, flow_b, repo)
+
+    async def stats(self, app: str, days: int = 30) -> RunStats:
+        """Deploys per day and week, success rate, median and p90 duration, median per step,
+        time to recover, and the trend against the previous `days`."""
+        async with get_client() as client:
+            return await history.stats(client, app, days)
+
+    async def recurring_failures(self, app: str | None = None,
+                                 days: int = 90) -> list[RecurringFailure]:
+        """Failed runs grouped by failure signature (kind, step, normalised error text)."""
+        async with get_client() as client:
+            return await history.recurring_failures(client, app, days)
+
+    async def search_logs(self, pattern: str, app: str | None = None, days: int = 90,
+                          limit: int = 200) -> list[LogMatch]:
+        """Log lines containing `pattern` across past runs, most recent first."""
+        async with get_client() as client:
+            return await history.search_logs(client, pattern, app, days, limit)
 
     # Run controls ------------------------------------------------------------------------------
 
@@ -221,20 +259,32 @@ class AsyncDeployRuns:
     async def _assemble(client: PrefectClient, flow_runs: list[FlowRun]) -> list[Run]:
         if not flow_runs:
             return []
-        task_runs = await client.read_task_runs(
-            task_run_filter=TaskRunFilter(
-                flow_run_id=TaskRunFilterFlowRunId(any_=[f.id for f in flow_runs])),
-        )
+        task_filter = TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=[f.id for f in flow_runs]))
+        task_runs = await history._pages(lambda limit, offset: client.read_task_runs(
+            task_run_filter=task_filter, limit=limit, offset=offset))
         by_flow_run: dict[UUID, list] = {}
         for task_run in task_runs:
             by_flow_run.setdefault(task_run.flow_run_id, []).append(task_run)
-        result = []
-        for flow_run in flow_runs:
-            failure = None
-            if flow_run.state and flow_run.state.is_failed():
-                failure = await _read_failure(client, flow_run.id)
-            result.append(run_from_prefect(flow_run, by_flow_run.get(flow_run.id, []), failure))
-        return result
+        failures = await asyncio.gather(*(
+            _read_failure(client, f.id) if f.state and f.state.is_failed() else _none()
+            for f in flow_runs))
+        return [run_from_prefect(flow_run, by_flow_run.get(flow_run.id, []), failure)
+                for flow_run, failure in zip(flow_runs, failures, strict=True)]
+
+
+async def _none() -> None:
+    return None
+
+
+def _statuses(status: RunStatus | str | Sequence[RunStatus | str] | None) -> list[RunStatus]:
+    if status is None:
+        return []
+    values = [status] if isinstance(status, str | RunStatus) else list(status)
+    try:
+        return [RunStatus(v) if not isinstance(v, RunStatus) else v for v in values]
+    except ValueError:
+        raise ConfigError([f"status: one of {', '.join(s.value for s in RunStatus)}"]) from None
 
 
 async def _read_failure(client: PrefectClient, run_id: UUID) -> Failure | None:
@@ -271,8 +321,24 @@ class DeployRuns:
     def wait(self, run_id: UUID | str, timeout: float = 600.0, poll_interval: float = 0.5) -> Run:
         return self._sync(self._async.wait(run_id, timeout, poll_interval))
 
-    def runs(self, app: str | None = None, limit: int = 50) -> list[Run]:
-        return self._sync(self._async.runs(app, limit))
+    def runs(self, app: str | None = None,
+             status: RunStatus | str | Sequence[RunStatus | str] | None = None,
+             since: datetime | None = None, limit: int = 50, offset: int = 0) -> list[Run]:
+        return self._sync(self._async.runs(app, status, since, limit, offset))
+
+    def compare(self, run_a: UUID | str, run_b: UUID | str,
+                repo: str | Path | None = None) -> RunComparison:
+        return self._sync(self._async.compare(run_a, run_b, repo))
+
+    def stats(self, app: str, days: int = 30) -> RunStats:
+        return self._sync(self._async.stats(app, days))
+
+    def recurring_failures(self, app: str | None = None, days: int = 90) -> list[RecurringFailure]:
+        return self._sync(self._async.recurring_failures(app, days))
+
+    def search_logs(self, pattern: str, app: str | None = None, days: int = 90,
+                    limit: int = 200) -> list[LogMatch]:
+        return self._sync(self._async.search_logs(pattern, app, days, limit))
 
     def pause(self, run_id: UUID | str) -> Run:
         return self._sync(self._async.pause(run_id))

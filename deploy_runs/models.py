@@ -86,6 +86,10 @@ class Run(BaseModel):
     ref: str | None = Field(None, description="The ref asked for; None means the branch head.")
     commit: str | None = Field(None, description="The commit SHA that was deployed.")
     commit_message: str | None = None
+    trigger: str | None = Field(
+        None, description="deploy, redeploy, retry (from deploy-runs), prefect (a Prefect "
+                          "deployment run: UI, CLI, schedule) or in-process (the flow called "
+                          "in a Python process).")
     created_at: datetime | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
@@ -108,3 +112,116 @@ class Run(BaseModel):
             if step.name == name:
                 return step
         raise KeyError(name)
+
+
+# --- history: comparisons, statistics, recurring failures, log search ---------------------
+
+class StepComparison(BaseModel):
+    name: str
+    status_a: StepStatus
+    status_b: StepStatus
+    duration_a: float | None = None
+    duration_b: float | None = None
+    delta: float | None = Field(None, description="duration_b - duration_a, seconds.")
+
+
+class ConfigDiff(BaseModel):
+    """What changed in the app's configuration between two runs. Environment variables by
+    NAME only (values never appear; secret values are not even compared)."""
+
+    env_added: list[str] = Field(default_factory=list, description="SERVICE.NAME")
+    env_removed: list[str] = Field(default_factory=list)
+    env_changed: list[str] = Field(default_factory=list)
+    secrets_added: list[str] = Field(default_factory=list)
+    secrets_removed: list[str] = Field(default_factory=list)
+    ports: list[str] = Field(default_factory=list, description="e.g. 'web: 8080 -> 8081'")
+    health_checks: list[str] = Field(default_factory=list)
+    services_added: list[str] = Field(default_factory=list)
+    services_removed: list[str] = Field(default_factory=list)
+    other: list[str] = Field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not any(getattr(self, name) for name in type(self).model_fields)
+
+
+class LogDivergence(BaseModel):
+    """Where the failing step's output first differs between the two runs."""
+
+    step: str
+    line: int = Field(description="1-based line number in the step's output.")
+    a: list[str]
+    b: list[str]
+
+
+class RunComparison(BaseModel):
+    run_a: Run
+    run_b: Run
+    steps: list[StepComparison]
+    duration_delta: float | None = None
+    commits_between: list[str] | None = Field(
+        None, description="'SHA subject' from A (excluded) to B, when a repository was given.")
+    rebuilt_a: list[str] = Field(default_factory=list)
+    rebuilt_b: list[str] = Field(default_factory=list)
+    config: ConfigDiff | None = Field(None, description="None when a run recorded no config.")
+    error_a: Failure | None = None
+    error_b: Failure | None = None
+    divergence: LogDivergence | None = None
+
+
+class DayCount(BaseModel):
+    period: str = Field(description="A day (YYYY-MM-DD) or an ISO week (YYYY-Www).")
+    deploys: int
+    failed: int = 0
+
+
+class Trend(BaseModel):
+    current: float | None
+    previous: float | None
+    change: float | None = Field(None, description="current - previous")
+
+
+class RunStats(BaseModel):
+    app: str
+    days: int
+    since: datetime
+    runs: int
+    completed: int
+    failed: int
+    stopped: int
+    success_rate: float | None = Field(None, description="completed / (completed + failed)")
+    per_day: list[DayCount]
+    per_week: list[DayCount]
+    median_duration: float | None = None
+    p90_duration: float | None = None
+    step_medians: dict[str, float] = Field(default_factory=dict)
+    step_sample_runs: int = Field(0, description="Runs whose steps the medians cover.")
+    time_to_recover: float | None = Field(
+        None, description="Median seconds from a failed run to the end of the next completed one.")
+    recoveries: int = 0
+    durations: list[float] = Field(default_factory=list,
+                                   description="Completed runs' durations, oldest first.")
+    trend: dict[str, Trend] = Field(default_factory=dict)
+
+
+class RecurringFailure(BaseModel):
+    signature: str
+    kind: str
+    step: str
+    message: str = Field(description="The normalised error text.")
+    example: str = Field(description="One real error text.")
+    count: int
+    apps: list[str]
+    first_seen: datetime | None
+    last_seen: datetime | None
+    run_ids: list[UUID] = Field(description="Most recent first, at most 5.")
+
+
+class LogMatch(BaseModel):
+    run_id: UUID
+    run_name: str | None = None
+    app: str | None = None
+    step: str | None = None
+    time: datetime
+    stream: str
+    line: str

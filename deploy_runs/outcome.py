@@ -43,7 +43,7 @@ class RunOutcome:
                                 ended_at=ended, duration=round((ended - started).total_seconds(), 3),
                                 message=view.message)
 
-    def reused(self, name: str, message: str) -> None:
+    def skipped(self, name: str, message: str) -> None:
         self.steps[name] = Step(name=name, status=StepStatus.SKIPPED, message=message)
 
     def explain(self, failure: Failure, ctx: DeployContext, record: RunRecorder) -> Failure:
@@ -61,7 +61,7 @@ class RunOutcome:
         seen = seen_before(failure.signature, history)
         if seen and failure.suggestions:
             failure.suggestions[0].seen_before = seen
-        record.failure(failure)
+        record.failure(failure, self.app)
         return failure
 
     def publish(self, status: RunStatus, message: str, ctx: DeployContext,

@@ -79,7 +79,9 @@ def start_server(port: int = DEFAULT_PORT, state: Path | None = None,
     url = api_url(port)
     if healthy(url):
         return url
-    env = {**os.environ, **SERVER_SETTINGS, "PREFECT_HOME": str(state / "home")}
+    env = {**os.environ, **SERVER_SETTINGS, "PREFECT_HOME": str(state / "home"),
+           # the UI asks the server where the API is: without this it answers port 4200
+           "PREFECT_UI_API_URL": url}
     env.pop("PREFECT_API_URL", None)
     _start("server", [sys.executable, "-m", "prefect", "server", "start",
                       "--host", "127.0.0.1", "--port", str(port)], env, state)

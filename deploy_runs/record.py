@@ -17,6 +17,11 @@ from deploy_runs.models import Failure, ServiceRelease
 LABEL = "deploy-runs"
 RUN_TAG = "deploy-runs"
 FAILURE_KEY = "deploy-runs-failure"
+# One log record per failed run, at a level of its own (between ERROR and CRITICAL) under this
+# logger name: the index `recurring_failures` reads (light log rows that the server filters by
+# its indexed level and time, instead of every failed flow run in full).
+FAILURE_LOGGER = "deploy_runs.failure"
+FAILURE_LEVEL = 45
 
 if TYPE_CHECKING:
     from blocks import Application
@@ -25,6 +30,32 @@ if TYPE_CHECKING:
 
 def app_tag(app: str) -> str:
     return f"app:{app}"
+
+
+TRIGGER_PREFIX = "trigger:"
+
+
+def trigger_tag(trigger: str) -> str:
+    return f"{TRIGGER_PREFIX}{trigger}"
+
+
+def config_snapshot(app: Application) -> dict:
+    """What `compare` needs of the app's configuration, without any secret value: env values
+    as short hashes (to tell changed from unchanged), secret variables by name only."""
+    import hashlib
+
+    def digest(value: str) -> str:
+        return hashlib.sha256(value.encode()).hexdigest()[:12]
+
+    return {s.name: {
+        "ports": f"{s.host_port}:{s.container_port}",
+        "env": {k: digest(v) for k, v in s.env.items()},
+        "secrets": sorted(app.secrets_for(s.name)),
+        "health": s.health_check.model_dump(mode="json"),
+        "build": {"context": s.context, "dockerfile": s.dockerfile,
+                  "build_args": {k: digest(v) for k, v in s.build_args.items()}},
+        "memory": s.memory,
+    } for s in app.services}
 
 
 def fact_label(name: str) -> str:
@@ -51,18 +82,37 @@ def failure_from_exception(step: str, exc: BaseException | None) -> Failure:
     return Failure(step=step, message=f"{type(exc).__name__}: {exc}")
 
 
+def failure_index_line(app: str, failure: Failure) -> str:
+    return "failure signature " + json.dumps({
+        "app": app, "signature": failure.signature,
+        "message": failure.message.splitlines()[0][:300] if failure.message else ""})
+
+
+def parse_failure_index_line(message: str) -> dict | None:
+    try:
+        value = json.loads(message.removeprefix("failure signature "))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and value.get("signature") else None
+
+
 class RunRecorder:
     """Writes one run's facts. Used only inside the deploy flow."""
 
     def __init__(self, run_id: UUID) -> None:
         self.run_id = run_id
 
-    def begin(self, app: str, ref: str | None, existing_tags: list[str]) -> None:
+    def begin(self, app: Application, ref: str | None, existing_tags: list[str],
+              from_deployment: bool = True) -> None:
         with get_client(sync_client=True) as client:
-            tags = sorted(set(existing_tags) | {RUN_TAG, app_tag(app)})
-            client.update_flow_run(self.run_id, tags=tags)
-            client.update_flow_run_labels(
-                self.run_id, {fact_label("app"): app, fact_label("ref"): ref or ""})
+            tags = set(existing_tags) | {RUN_TAG, app_tag(app.name)}
+            if not any(t.startswith(TRIGGER_PREFIX) for t in tags):
+                # started by Prefect (UI, CLI, schedule), or by calling the flow in a process
+                tags.add(trigger_tag("prefect" if from_deployment else "in-process"))
+            client.update_flow_run(self.run_id, tags=sorted(tags))
+            client.update_flow_run_labels(self.run_id, {
+                fact_label("app"): app.name, fact_label("ref"): ref or "",
+                fact_label("config"): json.dumps(config_snapshot(app), sort_keys=True)})
 
     def commit(self, app: Application, commit: str, message: str) -> None:
         """The commit being deployed, and (now that it is known) each step's input hashes."""
@@ -99,13 +149,20 @@ class RunRecorder:
         with get_client(sync_client=True) as client:
             client.update_flow_run_labels(self.run_id, {fact_label("services"): value})
 
-    def failure(self, failure: Failure) -> None:
+    def failure(self, failure: Failure, app: str) -> None:
+        from datetime import UTC, datetime
+
+        from prefect.client.schemas.actions import LogCreate
+
         with get_client(sync_client=True) as client:
             client.create_flow_run_input(self.run_id, key=FAILURE_KEY,
                                          value=failure.model_dump_json())
             if failure.signature:
                 client.update_flow_run_labels(
                     self.run_id, {fact_label("failure"): failure.signature})
+                client.create_logs([LogCreate(
+                    name=FAILURE_LOGGER, level=FAILURE_LEVEL, timestamp=datetime.now(UTC),
+                    flow_run_id=self.run_id, message=failure_index_line(app, failure))])
 
     def recent_failures(self, app: str, limit: int = 10) -> list[tuple[str | None, object]]:
         """(failure signature or None, start time) of the app's `limit` runs before this one,

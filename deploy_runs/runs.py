@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 
 from deploy_runs.models import Failure, Run, Step
-from deploy_runs.record import fact_label, services_from_labels
+from deploy_runs.record import TRIGGER_PREFIX, fact_label, services_from_labels
 from deploy_runs.status import RunStatus, StepStatus, run_status, step_status
 from deploy_runs.steps import PLANNED_STEPS
 
@@ -63,6 +63,8 @@ def run_from_prefect(flow_run: FlowRun, task_runs: Sequence[TaskRun],
         ref=str(ref) if ref else None,
         commit=str(labels[fact_label("commit")]) if labels.get(fact_label("commit")) else None,
         commit_message=str(labels.get(fact_label("commit-message")) or "") or None,
+        trigger=next((t.removeprefix(TRIGGER_PREFIX) for t in flow_run.tags or []
+                      if t.startswith(TRIGGER_PREFIX)), None),
         created_at=flow_run.created,
         started_at=flow_run.start_time,
         ended_at=flow_run.end_time,

@@ -3,6 +3,8 @@ gray strikethrough) with rich."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.spinner import Spinner
@@ -10,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from deploy_runs.logs import LogLine
-from deploy_runs.models import Run
+from deploy_runs.models import LogMatch, RecurringFailure, Run, RunComparison, RunStats
 from deploy_runs.status import RUN_INDICATORS, STEP_INDICATORS, Indicator, RunStatus, StepStatus
 
 _COLOURS = {"gray": "grey58", "blue": "dodger_blue1", "green": "green3", "red": "red3",
@@ -112,13 +114,139 @@ def render_runs(runs: list[Run]) -> RenderableType:
     table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
     table.add_column("")
     table.add_column("run", no_wrap=True, min_width=36)
-    for column in ("app", "status", "commit", "created", "duration"):
+    for column in ("app", "status", "commit", "trigger", "started", "duration"):
         table.add_column(column, no_wrap=True)
     for run in runs:
         indicator = RUN_INDICATORS[run.status]
+        started = run.started_at or run.created_at
         table.add_row(_mark(indicator), str(run.id), run.app, run_status_text(run.status),
-                      run.commit[:12] if run.commit else "-",
-                      run.created_at.strftime("%m-%d %H:%M:%S") if run.created_at else "",
+                      run.commit[:12] if run.commit else "-", run.trigger or "-",
+                      started.strftime("%Y-%m-%d %H:%M:%S") if started else "",
                       _seconds(run.duration))
     return table
 
+
+def _delta(value: float | None) -> Text:
+    if value is None:
+        return Text("")
+    return Text(f"{value:+.1f}s", style="red3" if value > 0.05 else "green3" if value < -0.05
+                else "grey58")
+
+
+def _status(status: StepStatus) -> Text:
+    indicator = STEP_INDICATORS[status]
+    return Text(f"{indicator.symbol} {status}", style=_style(indicator))
+
+
+def render_comparison(c: RunComparison) -> RenderableType:
+    a, b = c.run_a, c.run_b
+    head = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
+    head.add_column("")
+    head.add_column(f"A  {a.name}", no_wrap=True)
+    head.add_column(f"B  {b.name}", no_wrap=True)
+    head.add_column("")
+    head.add_row("status", run_status_text(a.status), run_status_text(b.status), "")
+    head.add_row("commit", f"{(a.commit or '-')[:12]} {a.commit_message or ''}",
+                 f"{(b.commit or '-')[:12]} {b.commit_message or ''}", "")
+    head.add_row("duration", _seconds(a.duration), _seconds(b.duration), _delta(c.duration_delta))
+    head.add_row("rebuilt", ", ".join(c.rebuilt_a) or "-", ", ".join(c.rebuilt_b) or "-", "")
+    steps = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
+    for column in ("step", "A", "time", "B", "time", "Δ"):
+        steps.add_column(column, no_wrap=True)
+    for s in c.steps:
+        steps.add_row(s.name, _status(s.status_a), _seconds(s.duration_a), _status(s.status_b),
+                      _seconds(s.duration_b), _delta(s.delta))
+    parts: list[RenderableType] = [head, Text(""), steps]
+    if c.commits_between is not None:
+        parts.append(Text(f"\ncommits from A to B ({len(c.commits_between)}):", style="bold"))
+        parts += [Text(f"  {line}") for line in c.commits_between]
+    if c.config is not None:
+        changes = [(label, getattr(c.config, name)) for name, label in (
+            ("env_added", "env added"), ("env_removed", "env removed"),
+            ("env_changed", "env changed"), ("secrets_added", "secrets added"),
+            ("secrets_removed", "secrets removed"), ("ports", "ports"),
+            ("health_checks", "health checks"), ("services_added", "services added"),
+            ("services_removed", "services removed"), ("other", "other"))]
+        parts.append(Text("\nconfig: " + ("no change" if c.config.empty else ""), style="bold"))
+        parts += [Text(f"  {label}: {', '.join(values)}") for label, values in changes if values]
+    for label, error in (("A", c.error_a), ("B", c.error_b)):
+        if error:
+            kind = f" [{error.suggestions[0].kind}]" if error.suggestions else ""
+            parts.append(Text.assemble(("\n" + f"{label} failed at {error.step}{kind}: ", "bold red3"),
+                                       (error.message[:300], "red3")))
+    if c.divergence:
+        d = c.divergence
+        parts.append(Text(f"\n{d.step}: output diverges at line {d.line}", style="bold"))
+        parts += [Text(f"  A | {line[:200]}", style="grey70") for line in d.a]
+        parts += [Text(f"  B | {line[:200]}", style="yellow3") for line in d.b]
+    return Group(*parts)
+
+
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    if not values:
+        return ""
+    values = values[-width:]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(_BARS[int((v - low) / span * (len(_BARS) - 1))] for v in values)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def render_stats(s: RunStats) -> RenderableType:
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    table.add_column(style="bold")
+    table.add_column()
+    trend = s.trend
+
+    def change(name: str, fmt: Callable[[float], str]) -> str:
+        t = trend.get(name)
+        if not t or t.previous is None or t.change is None:
+            return ""
+        return f"  (previous {fmt(t.previous)}, {'+' if t.change >= 0 else ''}{fmt(t.change)})"
+
+    table.add_row("runs", f"{s.runs} in {s.days} days: {s.completed} completed, {s.failed} "
+                          f"failed, {s.stopped} stopped" + change("deploys", lambda v: f"{v:.0f}"))
+    table.add_row("success rate", _pct(s.success_rate) + change("success_rate", _pct))
+    table.add_row("duration", f"median {_seconds(s.median_duration) or '-'}, p90 "
+                              f"{_seconds(s.p90_duration) or '-'}"
+                  + change("median_duration", lambda v: f"{v:.1f}s"))
+    table.add_row("time to recover", (f"median {_seconds(s.time_to_recover)} over "
+                                      f"{s.recoveries} recoveries") if s.recoveries else "-")
+    per_day = [d.deploys for d in s.per_day]
+    table.add_row("per day", f"{sparkline([float(v) for v in per_day])}  "
+                             f"max {max(per_day) if per_day else 0}/day")
+    table.add_row("per week", ", ".join(f"{w.period}: {w.deploys}" for w in s.per_week[-6:]))
+    if s.durations:
+        table.add_row("durations", f"{sparkline(s.durations)}  "
+                                   f"({min(s.durations):.1f}s .. {max(s.durations):.1f}s)")
+    for step, median in s.step_medians.items():
+        table.add_row(f"  {step}", f"median {median:.1f}s")
+    return table
+
+
+def render_failures(failures: list[RecurringFailure]) -> RenderableType:
+    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
+    for column in ("count", "kind", "step", "error", "first seen", "last seen", "apps"):
+        table.add_column(column, overflow="fold")
+    for f in failures:
+        table.add_row(str(f.count), Text(f.kind, style="red3"), f.step, f.example[:160],
+                      f.first_seen.strftime("%m-%d %H:%M") if f.first_seen else "",
+                      f.last_seen.strftime("%m-%d %H:%M") if f.last_seen else "",
+                      ", ".join(f.apps))
+    return table
+
+
+def render_matches(matches: list[LogMatch]) -> RenderableType:
+    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
+    for column in ("time", "run", "step", "line"):
+        table.add_column(column, overflow="fold")
+    for m in matches:
+        table.add_row(m.time.strftime("%Y-%m-%d %H:%M:%S"), m.run_name or str(m.run_id),
+                      m.step or "", Text(m.line[:300]))
+    return table

@@ -28,8 +28,8 @@ DEFAULT_PAUSE_TIMEOUT = 3600.0
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
-def reused_step(message: str) -> State:
-    """Stands for a step a retry did not run again (shown Skipped, with where it was done)."""
+def skipped_step(message: str) -> State:
+    """Stands for a step that does not run: reused by a retry, or after a failed step."""
     return Completed(name=SKIPPED_STATE_NAME, message=message)
 
 
@@ -49,7 +49,7 @@ def deploy_app(app: str, ref: str | None = None,
     logger = get_run_logger()
     application = Application.load(app)
     record = RunRecorder(flow_run.id)
-    record.begin(app, ref, list(flow_run.tags))
+    record.begin(application, ref, list(flow_run.tags), flow_run.deployment_id is not None)
     ctx = DeployContext(run_id=flow_run.id, app=application, ref=ref)
     outcome = RunOutcome(flow_run, app, ref)
     # After a Prefect suspend (the UI's Pause) the flow restarts from the top: finished steps
@@ -60,6 +60,13 @@ def deploy_app(app: str, ref: str | None = None,
     ctx.start_run_clock()
 
     def end(status: RunStatus, state: State, failure: Failure | None = None) -> State:
+        if failure is not None:
+            # the steps that will not run show Skipped in the Prefect UI too
+            for step in PIPELINE:
+                if step.name not in outcome.steps and step.name not in done:
+                    message = f"Not run: the run failed at {failure.step}."
+                    skipped_step.with_options(name=step.name, task_run_name=step.name)(message)
+                    outcome.skipped(step.name, message)
         outcome.publish(status, state.message or "", ctx, failure)
         return state
 
@@ -70,8 +77,8 @@ def deploy_app(app: str, ref: str | None = None,
                 continue
             if step.name in reuse:
                 message = f"Reused from run {retry_of} (same inputs)."
-                reused_step.with_options(name=step.name, task_run_name=step.name)(message)
-                outcome.reused(step.name, message)
+                skipped_step.with_options(name=step.name, task_run_name=step.name)(message)
+                outcome.skipped(step.name, message)
                 continue
             waited = time.monotonic()
             decision = checkpoint.before_step(step.name)

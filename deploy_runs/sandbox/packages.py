@@ -11,7 +11,10 @@ from .processes import SandboxError, daemon_env, run
 
 log = logging.getLogger("deploy_runs.sandbox")
 
-PACKAGES = ("docker.io", "busybox-static", "openssh-server", "iproute2", "curl", "git")
+# chromium and fonts (text, and the emoji of run summaries): tests/integration/test_ui.py
+# opens the Prefect UI in headless Chromium
+PACKAGES = ("docker.io", "busybox-static", "openssh-server", "iproute2", "curl", "git",
+            "chromium", "fonts-dejavu-core", "fonts-noto-color-emoji")
 PROGRAMS = ("ssh-keygen", "ip", "nsenter", "setsid", "git", "dockerd", "docker", "useradd", "sshd")
 
 
