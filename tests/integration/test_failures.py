@@ -266,6 +266,20 @@ def test_slow_build_past_the_step_timeout_is_killed_and_command_timeout(client, 
     assert not server_processes(f"echo {marker}"), "the build command still runs on the server"
 
 
+def test_a_run_past_its_run_timeout_is_stopped_and_fails_with_command_timeout(client, make_app):
+    marker = f"slowrun{uuid.uuid4().hex[:8]}"
+    app = make_app("hello", files={"Dockerfile": f"FROM busybox:latest\nRUN echo {marker} && "
+                                                  "sleep 120\n"},
+                   spec_changes={"timeouts": {"run": 4}})
+    started = time.monotonic()
+    run = deploy_here(client, app.name)
+    assert time.monotonic() - started < 60
+    assert run.status is RunStatus.FAILED and run.error.timed_out
+    assert "run timed out after 4s (timeouts.run)" in run.error.message
+    assert run.error.suggestions[0].kind == "command-timeout"
+    assert not server_processes(f"echo {marker}"), "the build command still runs on the server"
+
+
 # --- starting and health ------------------------------------------------------------------
 
 def test_port_taken_by_a_container_is_port_in_use(client, make_app, docker_client):

@@ -1,0 +1,58 @@
+"""Shell injection, attacked for real: values that reach the server (env values, build
+arguments, secret values, a commit message) carry `;`, `$(...)`, backticks, quotes and
+newline-free tricks and must arrive inert; names, refs and paths that would need a shell are
+refused before anything runs. A canary file must never appear on the server."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from deploy_runs import ConfigError, RunStatus
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def hostile(canary: Path) -> list[str]:
+    return [f"$(touch {canary}-1)", f"`touch {canary}-2`", f"x; touch {canary}-3",
+            f"x' ; touch {canary}-4 ; echo '", f'x" ; touch {canary}-5 ; echo "',
+            f"x && touch {canary}-6 || true", f"$((1+1)) ${{HOME}} | touch {canary}-7 &"]
+
+
+def test_hostile_values_reach_the_app_inert_and_no_canary_appears(client, make_app,
+                                                                   docker_client):
+    canary = Path(f"/tmp/deploy-runs-canary-{uuid.uuid4().hex}")
+    values = hostile(canary)
+    env = {f"EVIL_{i}": value for i, value in enumerate(values)}
+    dockerfile = ("FROM busybox:latest\nARG EVIL_ARG\nRUN echo \"arg=$EVIL_ARG\" > /arg.txt\n"
+                  "COPY site/ /www/\n" 'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')
+    app = make_app("hello", files={"Dockerfile": dockerfile}, spec_changes={"services": [{
+        "name": "web", "container_port": 8080, "host_port": 1, "env": env,
+        "build_args": {"EVIL_ARG": values[2]},
+        "secret_env": {"EVIL_SECRET": values[3]},
+        "health_check": {"timeout": 15, "interval": 0.2}}]})
+    app.push({"site/index.html": "hello\n"}, f"message with $(touch {canary}-8) and `x`")
+    run = client.wait(client.deploy(app.name).id, timeout=180)
+    assert run.status is RunStatus.COMPLETED, run.error
+
+    leftovers = sorted(str(p) for p in Path("/tmp").glob(f"{canary.name}*"))
+    assert leftovers == [], f"injected commands ran: {leftovers}"
+    (container,) = docker_client.containers.list(filters={"label": f"deploy-runs.app={app.name}"})
+    got = container.attrs["Config"]["Env"]
+    for name, value in env.items():
+        assert f"{name}={value}" in got, (name, value)
+    assert f"EVIL_SECRET={values[3]}" in got
+    assert container.exec_run(["cat", "/arg.txt"]).output.decode().strip() == f"arg={values[2]}"
+    assert run.commit_message and "$(touch" in run.commit_message
+
+
+@pytest.mark.parametrize("ref", ["$(touch /tmp/x)", "main;id", "`id`", "--upload-pack=id",
+                                 "a b", "x\ny", "a..b"])
+def test_hostile_refs_are_refused_before_any_run(client, make_app, ref):
+    app = make_app("hello")
+    before = len(client.runs(app=app.name))
+    with pytest.raises(ConfigError, match="ref"):
+        client.deploy(app.name, ref=ref)
+    assert len(client.runs(app=app.name)) == before
