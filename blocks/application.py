@@ -148,9 +148,26 @@ class Application(Block):
     repository: str = Field(description="Git repository URL the server clones from.")
     branch: str = Field("main", description="Branch whose head is deployed when no ref is given.")
     server: SSHServer = Field(description="The server the application is deployed to.")
+    more_servers: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Names of further SSHServer blocks to deploy to as well. Each step runs on every "
+            "server in turn and fails if any server fails. (Names, not nested blocks: Prefect "
+            "does not hide secret fields of blocks nested in a list.)"
+        ),
+    )
     services: list[Service] = Field(min_length=1, description="The services (containers) to run.")
     timeouts: Timeouts = Field(default_factory=Timeouts,
                                description="Per-step and whole-run time limits (seconds).")
+    concurrency: Literal["queue", "replace", "reject"] = Field(
+        "queue",
+        description=(
+            "One run of the application is active at a time. A deploy requested while one is "
+            "active: `queue` waits (Started) until it ends; `replace` also stops older runs "
+            "still waiting, so the latest request wins; `reject` is refused, naming the "
+            "active run."
+        ),
+    )
     secret_env: SecretDict = Field(
         default_factory=lambda: SecretDict({}),
         description=(
@@ -177,6 +194,9 @@ class Application(Block):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"services: duplicate service name(s): {', '.join(dupes)}")
+        extra = [n for n in self.more_servers if not n.strip()]
+        if extra or len(set(self.more_servers)) != len(self.more_servers):
+            raise ValueError("more_servers: names must be non-empty and different")
         ports = [s.host_port for s in self.services]
         taken = sorted({p for p in ports if ports.count(p) > 1})
         if taken:
@@ -189,6 +209,16 @@ class Application(Block):
                 raise ValueError(f"secret_env.{service}: expected a mapping NAME: value")
             _check_env({k: str(v) for k, v in values.items()})
         return self
+
+    def all_servers(self) -> list[SSHServer]:
+        """`server` and the `more_servers` blocks (loaded), in deploy order."""
+        servers = [self.server]
+        for name in self.more_servers:
+            try:
+                servers.append(SSHServer.load(name))
+            except ValueError:
+                raise ValueError(f"more_servers: no SSH server block named {name!r}") from None
+        return servers
 
     def secrets_for(self, service: str) -> dict[str, str]:
         values = self.secret_env.get_secret_value().get(service) or {}

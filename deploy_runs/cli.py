@@ -305,7 +305,9 @@ def apps_list() -> None:
         application = Application.load(name)
         services = ", ".join(f"{s.name}:{s.host_port}" for s in application.services)
         console.print(f"[bold]{name}[/bold]  {application.repository}@{application.branch}  "
-                      f"server={application.server.address}  services={services}")
+                      f"server={application.server.address}"
+                      + "".join(f" +{n}" for n in application.more_servers)
+                      + f"  services={services}")
 
 
 @sandbox_app.command("up")

@@ -30,10 +30,11 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from blocks.application import check_ref
+from blocks.application import Application, check_ref
 from deploy_runs import history
+from deploy_runs.concurrency import busy_message
 from deploy_runs.controls import CONTROL_LABEL, PAUSE, STOP, requested
-from deploy_runs.errors import AppNotFound, ConfigError, InvalidControl, RunNotFound, WaitTimeout
+from deploy_runs.errors import AppBusy, AppNotFound, ConfigError, InvalidControl, RunNotFound, WaitTimeout
 from deploy_runs.logs import LogLine, alogs, logs_sync
 from deploy_runs.models import Failure, LogMatch, RecurringFailure, Run, RunComparison, RunStats
 from deploy_runs.record import FAILURE_KEY, RUN_TAG, app_tag, trigger_tag
@@ -41,7 +42,7 @@ from deploy_runs.runs import DEPLOY_FLOW, run_from_prefect
 from deploy_runs.status import RunStatus
 
 T = TypeVar("T")
-SETTLE_SECONDS = 5.0
+SETTLE_SECONDS = 20.0
 
 
 def deployment_name(app: str) -> str:
@@ -76,6 +77,14 @@ class AsyncDeployRuns:
                 raise AppNotFound(
                     f"no application {app!r}: add it with `deploy-runs apps add SPEC.yaml`"
                 ) from None
+            if await _policy(client, app) == "reject":
+                active = await client.read_flow_runs(
+                    flow_run_filter=history.run_filter(app, [RunStatus.STARTED,
+                                                             RunStatus.IN_PROGRESS,
+                                                             RunStatus.PAUSED]),
+                    sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=50)
+                if active:
+                    raise AppBusy(busy_message(app, active))
             parameters: dict[str, Any] = {"app": app, "ref": ref}
             if pause_timeout is not None:
                 parameters["pause_timeout"] = pause_timeout
@@ -271,6 +280,16 @@ class AsyncDeployRuns:
             for f in flow_runs))
         return [run_from_prefect(flow_run, by_flow_run.get(flow_run.id, []), failure)
                 for flow_run, failure in zip(flow_runs, failures, strict=True)]
+
+
+async def _policy(client: PrefectClient, app: str) -> str:
+    """The application's concurrency policy (read without its secrets)."""
+    try:
+        document = await client.read_block_document_by_name(
+            app, Application.get_block_type_slug(), include_secrets=False)
+    except ObjectNotFound:
+        return "queue"
+    return str(document.data.get("concurrency") or "queue")
 
 
 async def _none() -> None:

@@ -21,6 +21,10 @@ class AppNotFound(DeployRunsError, LookupError):
     pass
 
 
+class AppBusy(DeployRunsError):
+    """A deploy refused because the application already has an active run (policy `reject`)."""
+
+
 class RunNotFound(DeployRunsError, LookupError):
     pass
 

@@ -26,7 +26,8 @@ def step_inputs(app: Application, commit: str | None) -> dict[str, str]:
                                       .encode()).hexdigest() for s in app.services}
     parts: list[tuple[str, Any]] = [
         ("Provision server", {"app": app.name, "host": server.host, "port": server.port,
-                              "user": server.username}),
+                              "user": server.username,
+                              **({"more_servers": app.more_servers} if app.more_servers else {})}),
         ("Fetch source", {"repository": app.repository, "commit": commit}),
         ("Build images", [s.model_dump(include={"name", "context", "dockerfile", "build_args"})
                           for s in app.services]),

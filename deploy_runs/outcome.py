@@ -79,7 +79,7 @@ class RunOutcome:
                   app=self.app, status=status, steps=steps, ref=self.ref, commit=ctx.commit,
                   commit_message=ctx.commit_message, started_at=self.started, ended_at=ended,
                   duration=round((ended - self.started).total_seconds(), 3), message=message,
-                  error=failure, services=list(ctx.releases.values()))
+                  error=failure, services=list(ctx.merged_releases().values()))
         try:
             create_markdown_artifact(markdown=summary_markdown(run), key=artifact_key(self.app),
                                      description=f"deploy-runs: {self.app} {status}")

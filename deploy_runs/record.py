@@ -70,6 +70,14 @@ def services_from_labels(labels: dict) -> list[ServiceRelease]:
 
 
 def failure_from_exception(step: str, exc: BaseException | None) -> Failure:
+    failure = _failure_from_exception(step, exc)
+    server = getattr(exc, "server", None)  # set when the app has several servers
+    if server:
+        failure = failure.model_copy(update={"message": f"on {server}: {failure.message}"})
+    return failure
+
+
+def _failure_from_exception(step: str, exc: BaseException | None) -> Failure:
     if isinstance(exc, CommandFailed):
         return Failure(step=step, message=str(exc).split("\n", 1)[0], command=exc.command,
                        exit_code=exc.exit_code, output_tail=exc.output_tail,
@@ -211,5 +219,5 @@ class RunRecorder:
             for release in services_from_labels(labels):
                 ctx.releases[release.name] = release
                 ctx.images[release.name] = release.image
-            self.services(ctx.releases)
+            self.services(ctx.merged_releases())
         return reuse

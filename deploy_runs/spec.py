@@ -4,7 +4,8 @@ Prefect deployment. A bad spec is refused before anything is saved, naming the f
     name: hello
     repository: git://127.0.0.1:9418/hello.git
     branch: main
-    server: sandbox-local          # an SSHServer block name
+    server: sandbox-local          # an SSHServer block name (or `servers: [a, b]`: each step
+                                   # runs on every server in turn)
     services:
       - name: web
         container_port: 8080
@@ -14,6 +15,7 @@ Prefect deployment. A bad spec is refused before anything is saved, naming the f
         health_check: {type: http, path: /, timeout: 30}
         memory: 256m                 # optional container memory limit
     timeouts: {build: 900, run: 1800}  # optional, seconds (defaults in blocks.Timeouts)
+    concurrency: queue               # queue (default) | replace | reject: one active run per app
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from blocks import Application, Service, SSHServer
 from blocks.application import NAME_PATTERN, Timeouts
@@ -48,9 +50,29 @@ class AppSpec(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     repository: str
     branch: str = "main"
-    server: str = Field(min_length=1, description="Name of the SSHServer block to deploy to.")
+    server: str | None = Field(None, min_length=1,
+                               description="Name of the SSHServer block to deploy to.")
+    servers: list[str] | None = Field(
+        None, min_length=1,
+        description="Names of SSHServer blocks to deploy to, instead of `server`: every step "
+                    "runs on each, in this order.")
     services: list[ServiceSpec] = Field(min_length=1)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    concurrency: Literal["queue", "replace", "reject"] = "queue"
+
+
+    @model_validator(mode="after")
+    def _one_way_to_name_servers(self) -> AppSpec:
+        if (self.server is None) == (self.servers is None):
+            raise ValueError("give either `server` (one) or `servers` (a list), not "
+                             + ("both" if self.server else "neither"))
+        if self.servers and len(set(self.servers)) != len(self.servers):
+            raise ValueError("servers: a server is named twice")
+        return self
+
+    @property
+    def server_names(self) -> list[str]:
+        return [self.server] if self.server else list(self.servers or [])
 
 
 def _problems(exc: ValidationError) -> list[str]:
@@ -112,6 +134,7 @@ def to_application(spec: AppSpec, server: SSHServer,
             services=[Service.model_validate(s.model_dump(exclude={"secret_env"}))
                       for s in spec.services],
             secret_env=secrets, timeouts=spec.timeouts,
+            concurrency=spec.concurrency, more_servers=spec.server_names[1:],
         )
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from None
@@ -130,16 +153,33 @@ def load_server(name: str) -> SSHServer:
 def application_from_file(path: str | Path) -> Application:
     """Validate a spec file completely (including the server it names) without saving anything."""
     spec = load_spec(path)
+    problems: list[str] = []
+    servers = []
+    for i, name in enumerate(spec.server_names):
+        try:
+            servers.append(load_server(name))
+        except ConfigError as exc:
+            field = "server" if spec.server else f"servers.{i}"
+            problems += [f"{field}: {p.removeprefix('server: ')}" for p in exc.problems]
     try:
-        return to_application(spec, load_server(spec.server))
+        if problems:
+            raise ConfigError(problems)
+        return to_application(spec, servers[0])
     except ConfigError as exc:
         raise ConfigError(exc.problems, str(path)) from None
 
 
 def register(app: Application) -> None:
-    """Save the application block and create (or update) its Prefect deployment."""
+    """Save the application block, create (or update) its Prefect deployment and its
+    one-run-at-a-time concurrency limit."""
+    from prefect.client.orchestration import get_client
+
+    from deploy_runs.concurrency import ensure_limit
+
     app.save(app.name, overwrite=True)
     ensure_deployment(app.name)
+    with get_client(sync_client=True) as client:
+        ensure_limit(client, app.name)
 
 
 def ensure_work_pool(name: str = WORK_POOL) -> None:

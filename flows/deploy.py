@@ -6,6 +6,7 @@ fixes) and every run ends with a summary artifact for the Prefect UI."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 from uuid import UUID
@@ -17,6 +18,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 
 from blocks import Application
 from blocks.application import check_ref
+from deploy_runs.concurrency import SlotRefused, app_slot
 from deploy_runs.controls import Checkpoint, StopWatcher
 from deploy_runs.models import Failure
 from deploy_runs.outcome import RunOutcome
@@ -57,7 +59,6 @@ def deploy_app(app: str, ref: str | None = None,
     done = record.restore(ctx)
     reuse = [] if done or not retry_of else record.reuse(UUID(retry_of), ctx, PLANNED_STEPS)
     checkpoint = Checkpoint(flow_run.id, pause_timeout, log=logger.info)
-    ctx.start_run_clock()
 
     def end(status: RunStatus, state: State, failure: Failure | None = None) -> State:
         if failure is not None:
@@ -70,7 +71,22 @@ def deploy_app(app: str, ref: str | None = None,
         outcome.publish(status, state.message or "", ctx, failure)
         return state
 
-    with StopWatcher(flow_run.id, ctx.interrupt) as watcher, ctx:
+    try:
+        ctx.servers = application.all_servers()
+    except ValueError as exc:
+        failure = outcome.explain(Failure(step=PLANNED_STEPS[0], message=str(exc)), ctx, record)
+        return end(RunStatus.FAILED, Failed(message=f"{PLANNED_STEPS[0]}: {exc}"), failure)
+
+    # one active run per application: wait for (or, by policy, give up) the app's slot
+    slot = contextlib.ExitStack()
+    try:
+        slot.enter_context(app_slot(app, flow_run.id, application.concurrency, log=logger.info))
+    except SlotRefused as exc:
+        logger.warning("%s", exc)
+        return end(RunStatus.STOPPED, Cancelled(message=str(exc)))
+    ctx.start_run_clock()
+
+    with slot, StopWatcher(flow_run.id, ctx.interrupt) as watcher, ctx:
         for step in PIPELINE:
             if step.name in done:
                 logger.info("%s already finished in this run; not running it again", step.name)

@@ -74,6 +74,10 @@ def ensure(h: NetnsHost) -> None:
     run(["ip", "-n", h.netns, "link", "set", "lo", "up"])
     run(["ip", "-n", h.netns, "addr", "replace", f"{h.inside_addr}/24", "dev", "eth0"])
     run(["ip", "-n", h.netns, "link", "set", "eth0", "up"])
+    # the sandbox's own addresses on the other veths (10.200.M.1, e.g. the git daemon there)
+    # are reached through this host's gateway; hosts still cannot reach each other (no
+    # forwarding), and nothing beyond 10.200.0.0/16 is routed
+    run(["ip", "-n", h.netns, "route", "replace", "10.200.0.0/16", "via", h.outside_addr])
 
 
 def delete(h: NetnsHost) -> None:

@@ -115,5 +115,5 @@ def build_images(ctx: DeployContext) -> dict[str, str]:
                  log, timeout=TIMEOUT)
         ctx.releases[service.name] = ServiceRelease(
             name=service.name, image=tag, build="rebuilt", build_reason=reason)
-    RunRecorder(ctx.run_id).services(ctx.releases)
+    RunRecorder(ctx.run_id).services(ctx.merged_releases())
     return dict(ctx.images)

@@ -1,5 +1,9 @@
 """What the steps of one run share: the application, the requested ref, what earlier steps
-found out (commit, images), and the one SSH connection to the server."""
+found out (commit, images), and an SSH connection per server.
+
+An application may have several servers: each step runs on each of them in turn (the step's
+log says which), and `host()` / `server` / `releases` are those of the server the step is on.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from blocks import Application
+from blocks import Application, SSHServer
 from deploy_runs.commands import AppLayout
 from deploy_runs.errors import StepStopped, StepTimedOut
 from deploy_runs.models import ServiceRelease
@@ -22,20 +26,77 @@ class DeployContext:
     commit: str | None = None
     commit_message: str | None = None
     images: dict[str, str] = field(default_factory=dict)
-    releases: dict[str, ServiceRelease] = field(default_factory=dict)
+    servers: list[SSHServer] = field(default_factory=list)  # default: [app.server]
+    current: int = 0  # index of the server the running step is on
     stopped: str | None = None
     # time.monotonic() deadline of the whole run (pauses extend it) and of the running step,
     # each with what to say when it passes
     run_deadline: tuple[float, str] | None = None
     deadline: tuple[float, str] | None = None
-    _host: RemoteHost | None = field(default=None, repr=False)
+    _hosts: dict[int, RemoteHost] = field(default_factory=dict, repr=False)
+    _releases: dict[int, dict[str, ServiceRelease]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            self.servers = [self.app.server]
 
     @property
     def layout(self) -> AppLayout:
         return AppLayout(self.app.name)
 
+    @property
+    def server(self) -> SSHServer:
+        return self.servers[self.current]
+
+    @staticmethod
+    def label(server: SSHServer) -> str:
+        return f"{server.username}@{server.host}:{server.port}"
+
+    @property
+    def multi(self) -> bool:
+        return len(self.servers) > 1
+
+    @property
+    def releases(self) -> dict[str, ServiceRelease]:
+        """What this run did with each service on the current server."""
+        return self._releases.setdefault(self.current, {})
+
+    def merged_releases(self) -> dict[str, ServiceRelease]:
+        """Per service, over all servers: rebuilt/replaced where any server did it; the reason
+        per server when they differ."""
+        per_server = [(self.label(self.servers[i]), r) for i, r in sorted(self._releases.items())
+                      if i < len(self.servers)]
+        merged: dict[str, ServiceRelease] = {}
+        for name in {n: None for _, releases in per_server for n in releases}:
+            found = [(where, rel[name]) for where, rel in per_server if name in rel]
+            first = found[0][1]
+            if len(found) == 1:
+                merged[name] = first
+                continue
+
+            def combine(kind: str, reason: str, found=found) -> tuple[object, object]:
+                kinds = [getattr(r, kind) for _, r in found]
+                reasons = [getattr(r, reason) for _, r in found]
+                if len(set(reasons)) == 1 and len(set(kinds)) == 1:
+                    return kinds[0], reasons[0]
+                changed = "rebuilt" if kind == "build" else "replaced"
+                return (changed if changed in kinds else kinds[0],
+                        "; ".join(f"{where}: {k} ({why})" for (where, _), k, why
+                                  in zip(found, kinds, reasons, strict=True)))
+
+            build, build_reason = combine("build", "build_reason")
+            container, container_reason = combine("container", "container_reason")
+            merged[name] = first.model_copy(update={
+                "build": build, "build_reason": build_reason,
+                "container": container, "container_reason": container_reason})
+        return merged
+
+    def on_servers(self) -> list[int]:
+        """The server indexes a step runs on, in order."""
+        return list(range(len(self.servers)))
+
     def server_address(self) -> ServerAddress:
-        server = self.app.server
+        server = self.server
         return ServerAddress(
             host=server.host,
             port=server.port,
@@ -49,15 +110,16 @@ class DeployContext:
     def host(self) -> RemoteHost:
         """The run's SSH connection, opened on first use and reopened if it dropped."""
         self.check_stopped()
-        if self._host is None or not self._host.is_connected():
-            if self._host is not None:
-                self._host.close()
+        current = self._hosts.get(self.current)
+        if current is None or not current.is_connected():
+            if current is not None:
+                current.close()
             host = RemoteHost(self.server_address())
             host.interrupted = self.stopped
             host.deadline = self.deadline
             host.connect()
-            self._host = host
-        return self._host
+            self._hosts[self.current] = current = host
+        return current
 
     def start_run_clock(self) -> None:
         limit = self.app.timeouts.run
@@ -78,8 +140,8 @@ class DeployContext:
         if self.run_deadline is not None and self.run_deadline[0] < deadline[0]:
             deadline = self.run_deadline
         self.deadline = deadline
-        if self._host is not None:
-            self._host.deadline = deadline
+        for host in list(self._hosts.values()):
+            host.deadline = deadline
 
     def seconds_left(self) -> float:
         return self.deadline[0] - time.monotonic() if self.deadline else float("inf")
@@ -92,8 +154,8 @@ class DeployContext:
     def interrupt(self, reason: str) -> None:
         """Stop the running step now (called from the stop watcher's thread)."""
         self.stopped = reason
-        if self._host is not None:
-            self._host.interrupt(reason)
+        for host in list(self._hosts.values()):
+            host.interrupt(reason)
 
     def check_stopped(self) -> None:
         """For steps that wait without a remote command running (e.g. health probes)."""
@@ -107,6 +169,6 @@ class DeployContext:
         self.close()
 
     def close(self) -> None:
-        if self._host is not None:
-            self._host.close()
-            self._host = None
+        for host in self._hosts.values():
+            host.close()
+        self._hosts.clear()

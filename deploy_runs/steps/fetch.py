@@ -28,7 +28,8 @@ def fetch_source(ctx: DeployContext) -> dict[str, str]:
         host.run(c.git_clone(app.repository, repo), log, timeout=TIMEOUT)
     host.run(c.git_fetch(repo), log, timeout=TIMEOUT)
 
-    wanted = ctx.ref or app.branch
+    # on a second server, the commit the first one resolved (the branch may have moved since)
+    wanted = ctx.commit or ctx.ref or app.branch
     commit = None
     for candidate in (f"origin/{wanted}", wanted):
         found = CollectingSink(log)

@@ -30,7 +30,7 @@ def provisioning_fingerprint(ctx: DeployContext, docker_version: str, git_versio
     inputs = {
         "version": PROVISIONING_VERSION,
         "app": ctx.app.name,
-        "user": ctx.app.server.username,
+        "user": ctx.server.username,
         "root": ctx.layout.root,
         "docker": docker_version,
         "git": git_version,
@@ -52,7 +52,7 @@ def provision_server(ctx: DeployContext) -> State | None:
     docker = host.run(c.docker_server_version(), docker_out, timeout=TIMEOUT, check=False)
     if docker.exit_code != 0:
         raise StepFailed(
-            f"the Docker engine is not usable by {ctx.app.server.username} on the server "
+            f"the Docker engine is not usable by {ctx.server.username} on the server "
             f"(`{docker.command}` exited with {docker.exit_code}): install Docker, start it, "
             "and add the user to the `docker` group",
             evidence=docker.tail,

@@ -74,7 +74,7 @@ def start_application(ctx: DeployContext) -> dict[str, str]:
     try:
         _start_services(ctx, log, running, outcome)
     finally:
-        RunRecorder(ctx.run_id).services(ctx.releases)
+        RunRecorder(ctx.run_id).services(ctx.merged_releases())
     return outcome
 
 

@@ -1,5 +1,9 @@
 """How a function becomes a pipeline step: a Prefect task named as the product shows the step,
-not cached (each run does its own work), whose log is fully delivered before it ends."""
+not cached (each run does its own work), whose log is fully delivered before it ends.
+
+With several servers the step runs on each in turn: its log says which server each part is
+from, the step fails as soon as one server fails (naming it; later servers are not touched by
+that step), and it is Skipped only when it was skipped on every server."""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from typing import Any
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
-from deploy_runs.steplog import flush_step_logs
+from deploy_runs.status import SKIPPED_STATE_NAME
+from deploy_runs.steplog import StepLog, flush_step_logs
 from deploy_runs.steps.context import DeployContext
 
 
@@ -20,11 +26,32 @@ def step(name: str) -> Callable[[Callable[[DeployContext], Any]], Task]:
         def body(ctx: DeployContext) -> Any:
             ctx.begin_step(name)
             try:
-                return fn(ctx)
+                if not ctx.multi:
+                    return fn(ctx)
+                return _on_each_server(fn, ctx)
             finally:
+                ctx.current = 0
                 flush_step_logs()
 
         return task(name=name, task_run_name=name, cache_policy=NO_CACHE,
                     persist_result=False)(body)
 
     return decorate
+
+
+def _on_each_server(fn: Callable[[DeployContext], Any], ctx: DeployContext) -> Any:
+    log = StepLog()
+    results = []
+    for index in ctx.on_servers():
+        ctx.current = index
+        where = ctx.label(ctx.server)
+        log.info("on server %s (%d of %d)", where, index + 1, len(ctx.servers))
+        try:
+            results.append(fn(ctx))
+        except Exception as exc:
+            exc.server = where  # type: ignore[attr-defined] - read by failure_from_exception
+            raise
+    skipped = [r for r in results if isinstance(r, State) and r.name == SKIPPED_STATE_NAME]
+    if results and len(skipped) == len(results):
+        return skipped[0]
+    return next((r for r in results if not isinstance(r, State)), None)

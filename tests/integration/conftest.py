@@ -111,6 +111,7 @@ class SampleApp:
     bare_repo: Path
     application: Application
     commits: list[str] = field(default_factory=list)
+    address: str = "127.0.0.1"  # where the app's server publishes its ports
 
     @property
     def ports(self) -> dict[str, int]:
@@ -118,7 +119,7 @@ class SampleApp:
 
     def url(self, service: str | None = None) -> str:
         service = service or self.application.services[0].name
-        return f"http://127.0.0.1:{self.ports[service]}/"
+        return f"http://{self.address}:{self.ports[service]}/"
 
     def push(self, files: dict[str, str], message: str) -> str:
         """Change files of the app's source and push them as a new commit."""
@@ -152,15 +153,23 @@ def make_app(sandbox_info, server_blocks, worker, docker_client, tmp_path_factor
         spec = yaml.safe_load((source / "app.yaml").read_text())
         bare = sandbox_info.git_dir / f"{name}.git"
         spec.update(spec_changes or {})
-        spec.update(name=name, repository=f"{sandbox_info.host('local').git_base_url}{name}.git",
-                    server=server)
+        # a sandbox host clones from the git daemon at the address it reaches it by
+        server = (spec_changes or {}).get("servers", [server])[0]
+        target = load_server(server)
+        host = next((h for h in sandbox.status().hosts if h.host == target.host),
+                    sandbox_info.host("local"))
+        spec.update(name=name, repository=f"{host.git_base_url}{name}.git")
+        if "servers" in spec:
+            spec.pop("server", None)
+        else:
+            spec["server"] = server
         for service in spec["services"]:
             service["host_port"] = free_port()
             check = service.setdefault("health_check", {})
             check["timeout"] = min(check.get("timeout", 15), 15)
-        application = to_application(parse_spec(spec), load_server(server), environ={})
+        application = to_application(parse_spec(spec), target, environ={})
         register(application)
-        app = SampleApp(name, source, bare, application)
+        app = SampleApp(name, source, bare, application, address=target.host)
         app.push(files or {}, f"{name}: first commit")
         made.append(app)
         return app

@@ -16,6 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments.runner import EntrypointType
 
 from deploy_runs import RunStatus, StepStatus
+from deploy_runs.concurrency import LEASE_SECONDS, limit_name
 from deploy_runs.heartbeat import HEARTBEAT_ENV, WITHIN_SECONDS
 from deploy_runs.prefect_local import start_worker
 from deploy_runs.spec import ensure_work_pool
@@ -68,6 +69,14 @@ def test_a_run_whose_worker_is_killed_ends_failed_in_bounded_time(client, make_a
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
+
+    # the dead run's hold on its application's slot (a Prefect concurrency lease) runs out
+    def slot_free():
+        with get_client(sync_client=True) as prefect:
+            return prefect.read_global_concurrency_limit_by_name(
+                limit_name(app.name)).active_slots == 0
+    wait_for(slot_free, LEASE_SECONDS + 30, "the dead run's application slot to come back")
+    print(f"killed worker -> application slot free again in {time.monotonic() - killed:.1f}s")
 
     run = wait_for(lambda: (lambda r: r if r.status is RunStatus.FAILED else None)(
         client.get_run(flow_run.id)), WITHIN_SECONDS + 60, "the dead run to end Failed")

@@ -1,0 +1,185 @@
+"""One active run per application, held with a Prefect global concurrency limit.
+
+Each application has a global concurrency limit `deploy-runs-app-APP` of 1. A deploy run takes
+its slot, with a lease, before its first step and gives it back when it ends, Paused time
+included (a paused run still owns its half-done deploy). While a run waits for the slot it is
+Started (no step has begun) and says which run it waits for. The application's policy decides
+what a run does when the slot is taken:
+
+- `queue` (default): wait, in the order the runs were requested;
+- `replace`: like queue, but a waiting run that sees a newer request of the same app ends
+  Stopped ("replaced by run X") — the latest code wins;
+- `reject`: end Stopped at once, naming the active run (`DeployRuns.deploy` refuses before even
+  creating the run, with the same message).
+
+Why a global concurrency limit and not the deployment's `concurrency_limit`: Prefect releases a
+deployment slot when the run moves to Paused and never takes it again on resume, so a paused
+run and a newer one would overlap; a lease we hold ourselves survives the pause. It also covers
+runs started without a worker (in-process flow calls).
+
+A run whose process dies stops renewing the lease; Prefect's lease reaper gives the slot back
+LEASE_SECONDS (60, Prefect's minimum) to about 75 s later. No lock, marker or file is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder, FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.concurrency._leases import maintain_concurrency_lease
+from prefect.exceptions import PrefectHTTPStatusError
+
+from deploy_runs.controls import STOP, requested
+from deploy_runs.record import RUN_TAG, app_tag, fact_label
+
+POLICIES = ("queue", "replace", "reject")
+SLOT_LABEL = fact_label("slot")
+HELD = "held"
+LEASE_SECONDS = 60.0
+POLL_SECONDS = 1.0
+ACTIVE_TYPES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED,
+                StateType.CANCELLING]
+
+
+def limit_name(app: str) -> str:
+    return f"deploy-runs-app-{app}"
+
+
+class SlotRefused(Exception):
+    """The run does not get the application's slot: it ends Stopped with this message."""
+
+
+def active_runs(client: SyncPrefectClient, app: str) -> list[FlowRun]:
+    """Runs of `app` that have not ended, oldest request first."""
+    return client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[RUN_TAG, app_tag(app)]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=ACTIVE_TYPES))),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=200)
+
+
+def holds_slot(flow_run: FlowRun) -> bool:
+    return (flow_run.labels or {}).get(SLOT_LABEL) == HELD
+
+
+def describe(flow_run: FlowRun) -> str:
+    state = flow_run.state.name if flow_run.state else "Scheduled"
+    return f"{flow_run.id} ({flow_run.name}, {state})"
+
+
+def busy_message(app: str, active: list[FlowRun]) -> str:
+    """Why a deploy of `app` is refused under the `reject` policy."""
+    holder = next((r for r in active if holds_slot(r)), active[0])
+    return (f"{app} already has an active run: {describe(holder)}; its concurrency policy is "
+            "`reject` (wait for that run to end, stop it, or set `concurrency: queue`)")
+
+
+@dataclass
+class Waiting:
+    """What a run waiting for its application's slot decides on each look (pure)."""
+
+    policy: str
+    run_id: UUID
+
+    def look(self, active: list[FlowRun]) -> tuple[bool, str]:
+        """(may try to take the slot now, the run it waits for) — or raise SlotRefused."""
+        mine = next((r for r in active if r.id == self.run_id), None)
+        if mine is not None and requested(mine) == STOP:
+            raise SlotRefused("Stopped by request while waiting for the application's slot.")
+        others = [r for r in active if r.id != self.run_id]
+        holder = next((r for r in others if holds_slot(r)), None)
+
+        def requested_before(r: FlowRun) -> bool:
+            return bool(mine and r.created and mine.created and r.created < mine.created)
+
+        def requested_after(r: FlowRun) -> bool:
+            return bool(mine and r.created and mine.created and r.created > mine.created)
+
+        if self.policy == "reject":
+            first = holder or next((r for r in others if requested_before(r)), None)
+            if first is not None:
+                raise SlotRefused(f"Refused: run {describe(first)} of the application is "
+                                  "active (concurrency: reject).")
+        if self.policy == "replace":
+            newer = [r for r in others if not holds_slot(r) and requested_after(r)]
+            if newer:
+                raise SlotRefused("Replaced by a newer run of the application: "
+                                  f"{describe(newer[-1])} (concurrency: replace).")
+        # runs requested earlier that already wait in their flow go first (FIFO)
+        earlier = [r for r in others if not holds_slot(r) and requested_before(r)
+                   and r.state is not None and r.state.type is StateType.RUNNING]
+        blocker = holder or (earlier[0] if earlier else None)
+        return not earlier, describe(blocker) if blocker else "a run that is ending"
+
+
+def ensure_limit(client: SyncPrefectClient, app: str) -> None:
+    client.upsert_global_concurrency_limit_by_name(limit_name(app), 1)
+
+
+def _acquire(client: SyncPrefectClient, app: str, run_id: UUID) -> UUID | None:
+    """Take the app's slot with a lease: the lease id, or None when the slot is taken."""
+    for _ in range(2):
+        try:
+            response = client.increment_concurrency_slots_with_lease(
+                names=[limit_name(app)], slots=1, mode="concurrency",
+                lease_duration=LEASE_SECONDS,
+                holder=ConcurrencyLeaseHolder(type="flow_run", id=run_id))
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 423:  # Locked: the slot is taken
+                return None
+            raise
+        body = response.json()
+        if body.get("limits"):
+            return UUID(body["lease_id"])
+        # no such limit yet (an app saved before this existed): create it and try again
+        client.release_concurrency_slots_with_lease(UUID(body["lease_id"]))
+        ensure_limit(client, app)
+    raise RuntimeError(f"could not create the concurrency limit {limit_name(app)}")
+
+
+@contextlib.contextmanager
+def app_slot(app: str, run_id: UUID, policy: str, *,
+             log: Callable[[str], None]) -> Iterator[float]:
+    """Hold the application's slot for the body; yields the seconds spent waiting for it.
+    Raises SlotRefused when the policy (or a Stop while waiting) ends the run instead."""
+    waiting = Waiting(policy, run_id)
+    began = time.monotonic()
+    said = ""
+    with get_client(sync_client=True) as client:
+        while True:
+            may_try, blocker = waiting.look(active_runs(client, app))
+            lease = _acquire(client, app, run_id) if may_try else None
+            if lease is not None:
+                break
+            if policy == "reject":  # the holder was not listed yet: refuse all the same
+                raise SlotRefused(f"Refused: another run of {app} holds its slot "
+                                  "(concurrency: reject).")
+            if blocker != said:
+                log(f"Waiting for run {blocker} to end: one run of {app} at a time "
+                    f"(concurrency: {policy}).")
+                said = blocker
+            time.sleep(POLL_SECONDS)
+        waited = time.monotonic() - began
+        if said:
+            log(f"Got the slot of {app} after waiting {waited:.1f} s.")
+        client.update_flow_run_labels(run_id, {SLOT_LABEL: HELD})
+        try:
+            with maintain_concurrency_lease(lease, LEASE_SECONDS):
+                yield waited
+        finally:
+            with contextlib.suppress(Exception):
+                client.release_concurrency_slots_with_lease(lease)
+            with contextlib.suppress(Exception):
+                client.update_flow_run_labels(run_id, {SLOT_LABEL: "released"})

@@ -1,0 +1,71 @@
+"""What a run waiting for its application's slot decides, per policy (no server)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+from prefect.client.schemas.objects import FlowRun, State, StateType
+
+from deploy_runs.concurrency import HELD, SLOT_LABEL, SlotRefused, Waiting, busy_message
+from deploy_runs.controls import CONTROL_LABEL, STOP
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def run(minute: int, state: StateType = StateType.RUNNING, held: bool = False,
+        stop: bool = False) -> FlowRun:
+    labels = {}
+    if held:
+        labels[SLOT_LABEL] = HELD
+    if stop:
+        labels[CONTROL_LABEL] = STOP
+    return FlowRun(id=uuid4(), name=f"app-{minute}", flow_id=uuid4(),
+                   created=T0 + timedelta(minutes=minute), labels=labels,
+                   state=State(type=state, name=state.value.title()))
+
+
+def test_queue_waits_for_the_holder_and_lets_earlier_waiters_go_first():
+    holder, earlier, me, later = run(0, held=True), run(1), run(2), run(3)
+    may_try, blocker = Waiting("queue", me.id).look([holder, earlier, me, later])
+    assert may_try is False and str(holder.id) in blocker
+    # once the earlier waiter holds the slot, this run is next in line
+    now_holding = run(1, held=True)
+    may_try, blocker = Waiting("queue", me.id).look([now_holding, me, later])
+    assert may_try is True and str(now_holding.id) in blocker
+
+
+def test_queue_does_not_wait_for_earlier_requests_not_yet_in_their_flow():
+    scheduled, me = run(0, StateType.SCHEDULED), run(1)
+    assert Waiting("queue", me.id).look([scheduled, me])[0] is True
+
+
+def test_replace_gives_way_to_a_newer_request_but_not_to_the_holder():
+    holder, me, newer = run(0, held=True), run(1), run(2, StateType.SCHEDULED)
+    with pytest.raises(SlotRefused, match=f"Replaced by a newer run .*{newer.id}"):
+        Waiting("replace", me.id).look([holder, me, newer])
+    assert Waiting("replace", me.id).look([holder, me])[0] is True
+
+
+def test_reject_refuses_when_another_run_holds_or_was_requested_first():
+    holder, me = run(0, held=True), run(1)
+    with pytest.raises(SlotRefused, match=f"Refused: run {holder.id}"):
+        Waiting("reject", me.id).look([holder, me])
+    earlier = run(0, StateType.PENDING)
+    with pytest.raises(SlotRefused, match=f"Refused: run {earlier.id}"):
+        Waiting("reject", me.id).look([earlier, me])
+    # a request made after this one does not make this one refused
+    assert Waiting("reject", me.id).look([me, run(2)])[0] is True
+
+
+def test_stop_requested_while_waiting_ends_the_wait():
+    me = run(1, stop=True)
+    with pytest.raises(SlotRefused, match="Stopped by request while waiting"):
+        Waiting("queue", me.id).look([run(0, held=True), me])
+
+
+def test_busy_message_names_the_run_holding_the_slot():
+    waiting, holder = run(1), run(0, held=True)
+    message = busy_message("shop", [waiting, holder])
+    assert str(holder.id) in message and "`reject`" in message
