@@ -7,7 +7,9 @@ are set here, so the worker, the demo and the tests get them without anyone expo
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,9 +74,82 @@ def _start(name: str, argv: list[str], env: dict[str, str], state: Path) -> int:
     return proc.pid
 
 
+def _postgres_bin() -> Path:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                      key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                      else 0)
+    if not versions:
+        raise RuntimeError("PostgreSQL is not installed (Debian package `postgresql`; "
+                           "`python -m deploy_runs.sandbox install` installs it)")
+    return versions[-1].parent
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root: its programs run as the package's `postgres` user
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def postgres_data_dir(state: Path) -> Path:
+    """Where the cluster of `state` keeps its data: under `state`, or - as root, whose
+    directories the `postgres` user may not enter - under /var/lib/deploy-runs."""
+    if os.geteuid() != 0:
+        return state / "postgres"
+    digest = hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:12]
+    return Path("/var/lib/deploy-runs/postgres") / digest
+
+
+def drop_postgres(state: Path) -> None:
+    """Delete the (stopped) cluster's data."""
+    shutil.rmtree(postgres_data_dir(state), ignore_errors=True)
+
+
+def start_postgres(state: Path, port: int, timeout: float = 60.0) -> str:
+    """A PostgreSQL cluster of its own (Debian's packages; data in postgres_data_dir),
+    listening on 127.0.0.1:`port` only, trust authentication (loopback, tests and
+    benchmarks), with a database `prefect`. Returns the database URL for Prefect's server
+    (`PREFECT_API_DATABASE_CONNECTION_URL`)."""
+    bindir = _postgres_bin()
+    data = postgres_data_dir(state)
+    url = f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect"
+    if _alive(state / "postgres.pid"):
+        return url
+    if not (data / "PG_VERSION").exists():
+        data.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(data, "postgres", "postgres")
+        made = subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data),
+                                            "-U", "prefect", "--auth=trust", "-E", "UTF8",
+                                            "--no-sync"]),
+                              capture_output=True, text=True, timeout=120)
+        if made.returncode != 0:
+            raise RuntimeError(f"initdb failed: {(made.stderr or made.stdout).strip()}")
+    _start("postgres", _as_postgres([
+        str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+        "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data}",
+        "-c", "max_connections=200", "-c", "fsync=off"]), dict(os.environ), state)
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = subprocess.run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port),
+                                "-U", "prefect", "-d", "postgres", "-tAc",
+                                "SELECT 1 FROM pg_database WHERE datname = 'prefect'"],
+                               capture_output=True, text=True, timeout=30)
+        if ready.returncode == 0:
+            break
+        if _alive(state / "postgres.pid") is None:
+            raise RuntimeError(f"PostgreSQL exited; see {state / 'postgres.log'}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"PostgreSQL did not answer within {timeout:g}s")
+        time.sleep(0.3)
+    if ready.stdout.strip() != "1":
+        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
+                        "-U", "prefect", "prefect"], check=True, capture_output=True, timeout=60)
+    return url
+
+
 def start_server(port: int = DEFAULT_PORT, state: Path | None = None,
-                 timeout: float = 90.0) -> str:
-    """Start a local Prefect server unless one already answers there; return its API URL."""
+                 timeout: float = 90.0, database_url: str | None = None) -> str:
+    """Start a local Prefect server unless one already answers there; return its API URL.
+    `database_url`: e.g. from start_postgres (default: SQLite under `state`)."""
     state = state or home()
     url = api_url(port)
     if healthy(url):
@@ -82,6 +157,8 @@ def start_server(port: int = DEFAULT_PORT, state: Path | None = None,
     env = {**os.environ, **SERVER_SETTINGS, "PREFECT_HOME": str(state / "home"),
            # the UI asks the server where the API is: without this it answers port 4200
            "PREFECT_UI_API_URL": url}
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     env.pop("PREFECT_API_URL", None)
     _start("server", [sys.executable, "-m", "prefect", "server", "start",
                       "--host", "127.0.0.1", "--port", str(port)], env, state)
@@ -120,7 +197,9 @@ def stop(state: Path | None = None, timeout: float = 15.0) -> list[str]:
     """Stop what start_server/start_worker started (by PID file); return what was stopped."""
     state = state or home()
     stopped = []
-    for pid_file in sorted(state.glob("*.pid")):
+    # workers first, the database last (it waits for the server's connections to close)
+    order = {"server": 1, "postgres": 2}
+    for pid_file in sorted(state.glob("*.pid"), key=lambda p: (order.get(p.stem, 0), p.stem)):
         pid = _alive(pid_file)
         if pid:
             # Signal the process group: the worker's flow processes go with it.

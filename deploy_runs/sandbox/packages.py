@@ -12,9 +12,10 @@ from .processes import SandboxError, daemon_env, run
 log = logging.getLogger("deploy_runs.sandbox")
 
 # chromium and fonts (text, and the emoji of run summaries): tests/integration/test_ui.py
-# opens the Prefect UI in headless Chromium
+# opens the Prefect UI in headless Chromium; postgresql: the several-workers layout
+# (Prefect's server on PostgreSQL, deploy_runs.prefect_local.start_postgres)
 PACKAGES = ("docker.io", "busybox-static", "openssh-server", "iproute2", "curl", "git",
-            "chromium", "fonts-dejavu-core", "fonts-noto-color-emoji")
+            "chromium", "fonts-dejavu-core", "fonts-noto-color-emoji", "postgresql")
 PROGRAMS = ("ssh-keygen", "ip", "nsenter", "setsid", "git", "dockerd", "docker", "useradd", "sshd")
 
 
