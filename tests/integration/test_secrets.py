@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(300)
 
 def test_secret_env_values_reach_the_container_and_never_prefect(client, make_app,
                                                                  docker_client, prefect_api,
-                                                                 prefect_state):
+                                                                 prefect_state, sandbox_info):
     secret = f"s3cret-{uuid.uuid4().hex}"
     app = make_app("hello", spec_changes={"services": [{
         "name": "web", "container_port": 8080, "host_port": 0,
@@ -44,10 +44,18 @@ def test_secret_env_values_reach_the_container_and_never_prefect(client, make_ap
         api.post(f"/flow_runs/{run.id}/input/filter", json={"prefix": ""}).text,
         api.post("/block_documents/filter", json={"include_secrets": False}).text,
     ]
-    for text in seen:
+    # the SSH private key: its base64 body, line by line (as stored in PEM/OpenSSH form)
+    key_lines = [line for line in
+                 sandbox_info.host("local").private_key_path.read_text().splitlines()
+                 if line and not line.startswith("-----")]
+    assert key_lines
+    for text in seen + [line.text for line in logs] + [run.model_dump_json()]:
         assert secret not in text
+        assert not any(line in text for line in key_lines)
     # The whole database, byte for byte (block documents are stored encrypted), and the
     # worker's output.
     for path in Path(prefect_state).rglob("*"):
         if path.is_file():
-            assert secret.encode() not in path.read_bytes(), path
+            data = path.read_bytes()
+            assert secret.encode() not in data, path
+            assert not any(line.encode() in data for line in key_lines), path
