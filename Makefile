@@ -21,7 +21,7 @@ unit:
 	$(PYTHON) -m pytest tests/unit
 
 bench: install
-	cd bench && $(PYTHON) deploy.py && $(PYTHON) controls.py && $(PYTHON) logs.py && $(PYTHON) redeploy.py && $(PYTHON) scale.py
+	cd bench && $(PYTHON) deploy.py && $(PYTHON) controls.py && $(PYTHON) logs.py && $(PYTHON) redeploy.py && $(PYTHON) scale.py && $(PYTHON) abuse.py
 
 # Stop the local Prefect server/worker and the sandbox started by `make demo`.
 clean-local:

@@ -10,13 +10,16 @@ What keeps every line intact through Prefect's log pipeline:
   stream's `.part` logger (Prefect truncates a single record over 1 MB); readers join them;
 - record times are made strictly increasing within a process, so sorting by time (all the log
   API offers) gives back the order in which lines were printed;
-- a step ends only after its records reached the API (`flush_step_logs`).
+- a step ends only after its records reached the API (`flush_step_logs`);
+- output that arrives faster than the API takes it waits on the server (back-pressure), not
+  in the worker's memory.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from prefect import get_run_logger
 from prefect.logging.handlers import APILogHandler, APILogWorker
@@ -29,6 +32,10 @@ STREAM_LOGGERS = {
 }
 PART_SUFFIX = ".part"
 PART_CHARS = 100_000  # x 6 bytes at worst once JSON-escaped: well under Prefect's 1 MB per record
+# A flood of output waits for the API rather than piling up in memory: at most this many
+# records (each at most PART_CHARS characters) queued per process (bench/abuse.py measures it)
+MAX_BACKLOG = 20
+BACKLOG_PATIENCE = 30.0
 
 
 class _StrictlyIncreasingTime(logging.Filter):
@@ -71,6 +78,27 @@ def _wire_output_loggers() -> None:
             if handler not in logger.handlers:
                 logger.addHandler(handler)
     _wired = True
+
+
+def log_backlog() -> int:
+    """Log records queued in this process and not yet sent to the Prefect API."""
+    # Prefect keeps one log worker per API (its instance key includes settings); its queue
+    # is private, so read it defensively: no queue found means no back-pressure, not an error
+    total = 0
+    for worker in list(APILogWorker._instances.values()):
+        queue = getattr(worker, "_queue", None) if isinstance(worker, APILogWorker) else None
+        if queue is not None:
+            total += queue.qsize()
+    return total
+
+
+def wait_for_log_backlog(limit: int = MAX_BACKLOG, patience: float = BACKLOG_PATIENCE) -> None:
+    """Back-pressure: while more than `limit` records wait for the API, do not read more
+    output (the server's command then blocks on its full SSH window, and loses nothing).
+    Gives up after `patience` seconds, so a slow API slows a step but never hangs it."""
+    deadline = time.monotonic() + patience
+    while log_backlog() > limit and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def flush_step_logs(timeout: float = 120.0) -> None:
@@ -140,6 +168,7 @@ class StepLog:
     def _flush_stream(self, stream: str) -> None:
         lines = self._pending[stream]
         if lines:
+            wait_for_log_backlog()
             self._streams[stream][0].info("%s", "\n".join(lines))
             self._pending[stream] = []
             self._pending_chars[stream] = 0

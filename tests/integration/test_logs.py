@@ -20,6 +20,7 @@ from prefect.client.schemas.filters import (
 
 from deploy_runs import RunStatus, StepStatus
 from deploy_runs.diagnosis import diagnose
+from deploy_runs.steplog import MAX_BACKLOG, log_backlog
 
 from .commandflow import run_log_cases
 from .conftest import wait_for
@@ -57,6 +58,33 @@ def test_a_step_printing_100000_lines_keeps_every_line_in_order(client, make_app
     assert run.status is RunStatus.COMPLETED, run.error
     numbers = [line.text for line in lines_of(client, run.id, "stdout") if line.text.isdigit()]
     assert numbers == [str(i) for i in range(1, 100_001)]
+
+
+def test_an_output_flood_waits_on_the_server_not_in_memory_and_loses_nothing(client,
+                                                                             server_blocks):
+    # 100 MB as fast as the server can print it: the step reads no faster than Prefect's API
+    # takes the records, so at most MAX_BACKLOG records wait in the flow's process
+    most = [0]
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(0.01):
+            most[0] = max(most[0], log_backlog())
+
+    watcher = in_thread(watch)
+    try:
+        state = run_log_cases("t-logs-flood", [
+            f"i=0; while [ $i -lt 100 ]; do i=$((i+1)); yes {'y' * 999} | head -n 1000 "
+            "| sed \"s/^/$i /\"; done"])
+    finally:
+        done.set()
+        watcher.join()
+    assert state.is_completed(), state
+    assert 0 < most[0] <= MAX_BACKLOG + 1, most[0]
+    out = [line.text for line in lines_of(client, run_id_of(state), "stdout")]
+    assert len(out) == 100_000
+    assert out[0] == "1 " + "y" * 999 and out[-1] == "100 " + "y" * 999
+    assert [int(t.split(" ", 1)[0]) for t in out[::1000]] == list(range(1, 101))
 
 
 def test_one_megabyte_line_arrives_whole(client, server_blocks):
