@@ -160,7 +160,8 @@ def docker_build(tag: str, dockerfile: str, context: str, label_values: Mapping[
     args: list[str] = []
     for key, value in (build_args or {}).items():
         args += ["--build-arg", f"{key}={value}"]
-    return cmd("docker", "build", "--tag", tag, "--file", dockerfile, *args,
+    # --force-rm: a failed or stopped build leaves no exited intermediate container behind
+    return cmd("docker", "build", "--tag", tag, "--file", dockerfile, "--force-rm", *args,
                *_label_args(label_values), context)
 
 

@@ -79,12 +79,16 @@ def test_deploy_through_prefect_deployment_run_and_a_worker(client, make_app, pr
     assert [r.id for r in client.runs(app=app.name)] == [run.id]
 
 
-def test_a_failing_build_fails_the_run_at_build_images(client, make_app):
+def test_a_failing_build_fails_the_run_at_build_images(client, make_app, docker_client):
     app = make_app("hello", files={"Dockerfile": (
         "FROM busybox:latest\n"
         "RUN echo compiling && echo 'error: missing semicolon' >&2 && exit 3\n")})
+    before = {c.id for c in docker_client.containers.list(all=True)}
 
     run = client.wait(client.deploy(app.name).id, timeout=120)
+
+    # the failed RUN's intermediate container is not left behind on the server
+    assert {c.id for c in docker_client.containers.list(all=True)} <= before
 
     assert run.status is RunStatus.FAILED
     assert statuses(run) == [

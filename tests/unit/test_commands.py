@@ -26,7 +26,7 @@ def test_docker_build_names_tag_dockerfile_labels_and_context():
     command = c.docker_build("deploy-runs/hello-web:abc", "deploy-runs/apps/hello/repo/Dockerfile",
                              "deploy-runs/apps/hello/repo", c.labels(app="hello"))
     assert command.argv == ("docker", "build", "--tag", "deploy-runs/hello-web:abc",
-                            "--file", "deploy-runs/apps/hello/repo/Dockerfile",
+                            "--file", "deploy-runs/apps/hello/repo/Dockerfile", "--force-rm",
                             "--label", "deploy-runs.app=hello", "deploy-runs/apps/hello/repo")
 
 
