@@ -175,11 +175,20 @@ def make_app(sandbox_info, server_blocks, worker, docker_client, tmp_path_factor
         return app
 
     yield make
+    # every engine of the sandbox (namespace hosts have their own)
+    engines = [docker_client] + [docker.DockerClient(base_url=h.docker_host)
+                                 for h in sandbox.status().hosts if h.name != "local"]
     for app in made:
-        for container in docker_client.containers.list(
-                all=True, filters={"label": f"deploy-runs.app={app.name}"}):
-            container.remove(force=True)
+        for engine in engines:
+            try:
+                for container in engine.containers.list(
+                        all=True, filters={"label": f"deploy-runs.app={app.name}"}):
+                    container.remove(force=True)
+            except docker.errors.DockerException:  # an engine a test stopped
+                pass
         shutil.rmtree(app.bare_repo, ignore_errors=True)
+    for engine in engines[1:]:
+        engine.close()
 
 
 def server_processes(marker: str) -> list[str]:
