@@ -21,15 +21,13 @@ NAMES = ("m1", "m2")
 
 
 @pytest.fixture(scope="module")
-def two_servers(server_blocks) -> list:
+def two_servers(server_blocks) -> list[sandbox.SandboxHost]:
     hosts = []
     for name in NAMES:
         host = sandbox.add_host(name)
         server_block(host).save(block_name(host), overwrite=True)
         hosts.append(host)
-    yield hosts
-    for name in NAMES:  # an engine a test stopped comes back for the next one
-        sandbox.add_host(name)
+    return hosts
 
 
 def serves(app, host) -> tuple[int, str]:
@@ -59,7 +57,10 @@ def test_every_step_runs_on_each_server_and_the_app_serves_on_all(client, make_a
 def test_one_failing_server_fails_the_step_and_names_it(client, make_app, two_servers):
     app = make_app("hello", spec_changes={"servers": [block_name(h) for h in two_servers]})
     sandbox.stop_engine(two_servers[1].name)
-    run = client.wait(client.deploy(app.name).id, timeout=180)
+    try:
+        run = client.wait(client.deploy(app.name).id, timeout=180)
+    finally:
+        sandbox.add_host(two_servers[1].name)  # its engine again, for the tests after this
     assert run.status is RunStatus.FAILED
     assert run.error.step == "Provision server"
     assert run.error.message.startswith(f"on deploy@{two_servers[1].host}:22: ")
