@@ -39,18 +39,20 @@ BACKLOG_PATIENCE = 30.0
 
 
 class _StrictlyIncreasingTime(logging.Filter):
-    """Give each record a creation time strictly after the previous one's (1 µs apart at least)."""
+    """Give each record a creation time strictly after the previous one's, in whole
+    microseconds (what Prefect stores): a float only 1e-6 later can round to the same stored
+    microsecond, and two records with the same time and text would read as one."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._last = 0.0
+        self._last_us = 0
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         with self._lock:
-            if record.created <= self._last:
-                record.created = self._last + 1e-6
-            self._last = record.created
+            us = max(round(record.created * 1_000_000), self._last_us + 1)
+            self._last_us = us
+            record.created = us / 1_000_000  # within 0.12 µs of `us`: rounds back to it
         return True
 
 
