@@ -1,5 +1,5 @@
 """Shell injection, attacked for real: values that reach the server (env values, build
-arguments, secret values, a commit message) carry `;`, `$(...)`, backticks, quotes and
+arguments, secret values, a commit message, a health-check path) carry `;`, `$(...)`, backticks, quotes and
 newline-free tricks and must arrive inert; names, refs and paths that would need a shell are
 refused before anything runs. A canary file must never appear on the server."""
 
@@ -25,6 +25,7 @@ def test_hostile_values_reach_the_app_inert_and_no_canary_appears(client, make_a
                                                                    docker_client):
     canary = Path(f"/tmp/deploy-runs-canary-{uuid.uuid4().hex}")
     values = hostile(canary)
+    evil_path = f"/?a=$(touch$IFS{canary}-9)&b=';touch$IFS{canary}-10;'"
     env = {f"EVIL_{i}": value for i, value in enumerate(values)}
     dockerfile = ("FROM busybox:latest\nARG EVIL_ARG\nRUN echo \"arg=$EVIL_ARG\" > /arg.txt\n"
                   "COPY site/ /www/\n" 'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')
@@ -32,7 +33,9 @@ def test_hostile_values_reach_the_app_inert_and_no_canary_appears(client, make_a
         "name": "web", "container_port": 8080, "host_port": 1, "env": env,
         "build_args": {"EVIL_ARG": values[2]},
         "secret_env": {"EVIL_SECRET": values[3]},
-        "health_check": {"timeout": 15, "interval": 0.2}}]})
+        # a health path passes validation with `$( )`, `;` and quotes (it never meets a shell:
+        # probes are HTTP over an SSH channel); httpd ignores the query and answers 200
+        "health_check": {"timeout": 15, "interval": 0.2, "path": evil_path}}]})
     app.push({"site/index.html": "hello\n"}, f"message with $(touch {canary}-8) and `x`")
     run = client.wait(client.deploy(app.name).id, timeout=180)
     assert run.status is RunStatus.COMPLETED, run.error
@@ -46,6 +49,8 @@ def test_hostile_values_reach_the_app_inert_and_no_canary_appears(client, make_a
     assert f"EVIL_SECRET={values[3]}" in got
     assert container.exec_run(["cat", "/arg.txt"]).output.decode().strip() == f"arg={values[2]}"
     assert run.commit_message and "$(touch" in run.commit_message
+    probes = [line.text for line in client.logs(run.id, step="Health check")]
+    assert any(f"{evil_path}: HTTP/1." in text and " 200" in text for text in probes), probes
 
 
 @pytest.mark.parametrize("ref", ["$(touch /tmp/x)", "main;id", "`id`", "--upload-pack=id",
