@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from blocks.server import SSHServer
 
+ConcurrencyPolicy = Literal["queue", "replace", "reject"]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 REF_PATTERN = re.compile(r"^(?!-)(?!.*\.\.)[A-Za-z0-9._/-]{1,200}$")
@@ -159,7 +160,7 @@ class Application(Block):
     services: list[Service] = Field(min_length=1, description="The services (containers) to run.")
     timeouts: Timeouts = Field(default_factory=Timeouts,
                                description="Per-step and whole-run time limits (seconds).")
-    concurrency: Literal["queue", "replace", "reject"] = Field(
+    concurrency: ConcurrencyPolicy = Field(
         "queue",
         description=(
             "One run of the application is active at a time. A deploy requested while one is "

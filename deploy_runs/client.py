@@ -32,7 +32,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from blocks.application import Application, check_ref
 from deploy_runs import history
-from deploy_runs.concurrency import busy_message
+from deploy_runs.concurrency import ACTIVE_SORT, active_filter, busy_message
 from deploy_runs.controls import CONTROL_LABEL, PAUSE, STOP, requested
 from deploy_runs.errors import AppBusy, AppNotFound, ConfigError, InvalidControl, RunNotFound, WaitTimeout
 from deploy_runs.logs import LogLine, alogs, logs_sync
@@ -79,10 +79,7 @@ class AsyncDeployRuns:
                 ) from None
             if await _policy(client, app) == "reject":
                 active = await client.read_flow_runs(
-                    flow_run_filter=history.run_filter(app, [RunStatus.STARTED,
-                                                             RunStatus.IN_PROGRESS,
-                                                             RunStatus.PAUSED]),
-                    sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=50)
+                    flow_run_filter=active_filter(app), sort=ACTIVE_SORT, limit=50)
                 if active:
                     raise AppBusy(busy_message(app, active))
             parameters: dict[str, Any] = {"app": app, "ref": ref}

@@ -30,27 +30,25 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-    FlowRunFilterTags,
-)
+from prefect.client.schemas.filters import FlowRunFilter
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder, FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.concurrency._leases import maintain_concurrency_lease
 from prefect.exceptions import PrefectHTTPStatusError
 
 from deploy_runs.controls import STOP, requested
-from deploy_runs.record import RUN_TAG, app_tag, fact_label
+from deploy_runs.history import run_filter
+from deploy_runs.record import fact_label
+from deploy_runs.status import RunStatus
 
-POLICIES = ("queue", "replace", "reject")
 SLOT_LABEL = fact_label("slot")
 HELD = "held"
 LEASE_SECONDS = 60.0
 POLL_SECONDS = 1.0
-ACTIVE_TYPES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED,
-                StateType.CANCELLING]
+# a run that is ending (Cancelling) may still hold the lease: taking the slot, not this list,
+# is what decides
+ACTIVE = (RunStatus.STARTED, RunStatus.IN_PROGRESS, RunStatus.PAUSED)
+ACTIVE_SORT = FlowRunSort.EXPECTED_START_TIME_ASC
 
 
 def limit_name(app: str) -> str:
@@ -61,13 +59,14 @@ class SlotRefused(Exception):
     """The run does not get the application's slot: it ends Stopped with this message."""
 
 
+def active_filter(app: str) -> FlowRunFilter:
+    """Runs of `app` that have not ended (Started, In Progress, Paused)."""
+    return run_filter(app, ACTIVE)
+
+
 def active_runs(client: SyncPrefectClient, app: str) -> list[FlowRun]:
     """Runs of `app` that have not ended, oldest request first."""
-    return client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            tags=FlowRunFilterTags(all_=[RUN_TAG, app_tag(app)]),
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=ACTIVE_TYPES))),
-        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=200)
+    return client.read_flow_runs(flow_run_filter=active_filter(app), sort=ACTIVE_SORT, limit=200)
 
 
 def holds_slot(flow_run: FlowRun) -> bool:
@@ -124,10 +123,6 @@ class Waiting:
         return not earlier, describe(blocker) if blocker else "a run that is ending"
 
 
-def ensure_limit(client: SyncPrefectClient, app: str) -> None:
-    client.upsert_global_concurrency_limit_by_name(limit_name(app), 1)
-
-
 def _acquire(client: SyncPrefectClient, app: str, run_id: UUID) -> UUID | None:
     """Take the app's slot with a lease: the lease id, or None when the slot is taken."""
     for _ in range(2):
@@ -143,9 +138,9 @@ def _acquire(client: SyncPrefectClient, app: str, run_id: UUID) -> UUID | None:
         body = response.json()
         if body.get("limits"):
             return UUID(body["lease_id"])
-        # no such limit yet (an app saved before this existed): create it and try again
+        # no such limit yet (the app's first run): create it and try again
         client.release_concurrency_slots_with_lease(UUID(body["lease_id"]))
-        ensure_limit(client, app)
+        client.upsert_global_concurrency_limit_by_name(limit_name(app), 1)
     raise RuntimeError(f"could not create the concurrency limit {limit_name(app)}")
 
 

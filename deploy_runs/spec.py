@@ -24,13 +24,13 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from blocks import Application, Service, SSHServer
-from blocks.application import NAME_PATTERN, Timeouts
+from blocks.application import NAME_PATTERN, ConcurrencyPolicy, Timeouts
 from deploy_runs.errors import ConfigError
 
 WORK_POOL = "deploy-runs"
@@ -58,7 +58,7 @@ class AppSpec(BaseModel):
                     "runs on each, in this order.")
     services: list[ServiceSpec] = Field(min_length=1)
     timeouts: Timeouts = Field(default_factory=Timeouts)
-    concurrency: Literal["queue", "replace", "reject"] = "queue"
+    concurrency: ConcurrencyPolicy = "queue"
 
 
     @model_validator(mode="after")
@@ -140,12 +140,12 @@ def to_application(spec: AppSpec, server: SSHServer,
         raise ConfigError(_problems(exc)) from None
 
 
-def load_server(name: str) -> SSHServer:
+def load_server(name: str, field: str = "server") -> SSHServer:
     try:
         return SSHServer.load(name)
     except ValueError:
         raise ConfigError([
-            f"server: no SSH server block named {name!r} "
+            f"{field}: no SSH server block named {name!r} "
             "(save one with `deploy-runs sandbox up --save` or SSHServer(...).save(NAME))"
         ]) from None
 
@@ -157,10 +157,9 @@ def application_from_file(path: str | Path) -> Application:
     servers = []
     for i, name in enumerate(spec.server_names):
         try:
-            servers.append(load_server(name))
+            servers.append(load_server(name, "server" if spec.server else f"servers.{i}"))
         except ConfigError as exc:
-            field = "server" if spec.server else f"servers.{i}"
-            problems += [f"{field}: {p.removeprefix('server: ')}" for p in exc.problems]
+            problems += exc.problems
     try:
         if problems:
             raise ConfigError(problems)
@@ -170,16 +169,10 @@ def application_from_file(path: str | Path) -> Application:
 
 
 def register(app: Application) -> None:
-    """Save the application block, create (or update) its Prefect deployment and its
-    one-run-at-a-time concurrency limit."""
-    from prefect.client.orchestration import get_client
-
-    from deploy_runs.concurrency import ensure_limit
-
+    """Save the application block and create (or update) its Prefect deployment. (Its
+    one-run-at-a-time concurrency limit is created by its first run.)"""
     app.save(app.name, overwrite=True)
     ensure_deployment(app.name)
-    with get_client(sync_client=True) as client:
-        ensure_limit(client, app.name)
 
 
 def ensure_work_pool(name: str = WORK_POOL) -> None:

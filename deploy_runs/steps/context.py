@@ -64,36 +64,17 @@ class DeployContext:
     def merged_releases(self) -> dict[str, ServiceRelease]:
         """Per service, over all servers: rebuilt/replaced where any server did it; the reason
         per server when they differ."""
-        per_server = [(self.label(self.servers[i]), r) for i, r in sorted(self._releases.items())
-                      if i < len(self.servers)]
+        per_server = [(self.label(self.servers[i]), r) for i, r in sorted(self._releases.items())]
         merged: dict[str, ServiceRelease] = {}
         for name in {n: None for _, releases in per_server for n in releases}:
             found = [(where, rel[name]) for where, rel in per_server if name in rel]
-            first = found[0][1]
-            if len(found) == 1:
-                merged[name] = first
-                continue
-
-            def combine(kind: str, reason: str, found=found) -> tuple[object, object]:
-                kinds = [getattr(r, kind) for _, r in found]
-                reasons = [getattr(r, reason) for _, r in found]
-                if len(set(reasons)) == 1 and len(set(kinds)) == 1:
-                    return kinds[0], reasons[0]
-                changed = "rebuilt" if kind == "build" else "replaced"
-                return (changed if changed in kinds else kinds[0],
-                        "; ".join(f"{where}: {k} ({why})" for (where, _), k, why
-                                  in zip(found, kinds, reasons, strict=True)))
-
-            build, build_reason = combine("build", "build_reason")
-            container, container_reason = combine("container", "container_reason")
-            merged[name] = first.model_copy(update={
+            build, build_reason = _combine(found, "build", "build_reason", "rebuilt")
+            container, container_reason = _combine(found, "container", "container_reason",
+                                                   "replaced")
+            merged[name] = found[0][1].model_copy(update={
                 "build": build, "build_reason": build_reason,
                 "container": container, "container_reason": container_reason})
         return merged
-
-    def on_servers(self) -> list[int]:
-        """The server indexes a step runs on, in order."""
-        return list(range(len(self.servers)))
 
     def server_address(self) -> ServerAddress:
         server = self.server
@@ -172,3 +153,16 @@ class DeployContext:
         for host in self._hosts.values():
             host.close()
         self._hosts.clear()
+
+
+def _combine(found: list[tuple[str, ServiceRelease]], kind: str, reason: str,
+             changed: str) -> tuple[object, object]:
+    """One decision (e.g. build: rebuilt/reused) over servers: `changed` if any server made
+    that change; the reason as is when all agree, else each server's."""
+    kinds = [getattr(r, kind) for _, r in found]
+    reasons = [getattr(r, reason) for _, r in found]
+    if len(set(kinds)) == 1 and len(set(reasons)) == 1:
+        return kinds[0], reasons[0]
+    return (changed if changed in kinds else kinds[0],
+            "; ".join(f"{where}: {k} ({why})"
+                      for (where, _), k, why in zip(found, kinds, reasons, strict=True)))

@@ -42,7 +42,7 @@ def step(name: str) -> Callable[[Callable[[DeployContext], Any]], Task]:
 def _on_each_server(fn: Callable[[DeployContext], Any], ctx: DeployContext) -> Any:
     log = StepLog()
     results = []
-    for index in ctx.on_servers():
+    for index in range(len(ctx.servers)):
         ctx.current = index
         where = ctx.label(ctx.server)
         log.info("on server %s (%d of %d)", where, index + 1, len(ctx.servers))
