@@ -27,6 +27,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -49,6 +50,7 @@ POLL_SECONDS = 1.0
 # is what decides
 ACTIVE = (RunStatus.STARTED, RunStatus.IN_PROGRESS, RunStatus.PAUSED)
 ACTIVE_SORT = FlowRunSort.EXPECTED_START_TIME_ASC
+QUEUED_TYPES = (StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING)
 
 
 def limit_name(app: str) -> str:
@@ -116,9 +118,12 @@ class Waiting:
             if newer:
                 raise SlotRefused("Replaced by a newer run of the application: "
                                   f"{describe(newer[-1])} (concurrency: replace).")
-        # runs requested earlier that already wait in their flow go first (FIFO)
+        # runs requested earlier go first (FIFO), also those whose process has not started yet
+        # (workers start processes in no particular order); not ones scheduled for later
+        now = datetime.now(UTC)
         earlier = [r for r in others if not holds_slot(r) and requested_before(r)
-                   and r.state is not None and r.state.type is StateType.RUNNING]
+                   and r.state is not None and r.state.type in QUEUED_TYPES
+                   and not (r.expected_start_time and r.expected_start_time > now)]
         blocker = holder or (earlier[0] if earlier else None)
         return not earlier, describe(blocker) if blocker else "a run that is ending"
 

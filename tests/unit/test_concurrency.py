@@ -36,9 +36,14 @@ def test_queue_waits_for_the_holder_and_lets_earlier_waiters_go_first():
     assert may_try is True and str(now_holding.id) in blocker
 
 
-def test_queue_does_not_wait_for_earlier_requests_not_yet_in_their_flow():
+def test_queue_waits_for_earlier_requests_whose_process_has_not_started_yet():
+    # a worker may start the later request's process first: it must still go second
     scheduled, me = run(0, StateType.SCHEDULED), run(1)
-    assert Waiting("queue", me.id).look([scheduled, me])[0] is True
+    assert Waiting("queue", me.id).look([scheduled, me])[0] is False
+    # but not for a run scheduled for later
+    later = run(0, StateType.SCHEDULED)
+    later.expected_start_time = datetime.now(UTC) + timedelta(hours=1)
+    assert Waiting("queue", me.id).look([later, me])[0] is True
 
 
 def test_replace_gives_way_to_a_newer_request_but_not_to_the_holder():
