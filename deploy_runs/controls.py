@@ -9,7 +9,11 @@ flow run (the label `deploy-runs.control`), and the flow acts on it itself:
   or the pause timeout (which ends the run Stopped, not Failed);
 - during a step, `StopWatcher` (a thread) reads the flow run every `POLL` seconds; on a Stop
   request or a Prefect cancel (UI Cancel, `prefect flow-run cancel`) it interrupts the running
-  step, which kills the step's command on the server by its process group.
+  step, which kills the step's command on the server by its process group;
+- Prefect's own suspend (the UI's Pause button on a deployment run) ends the flow's process at
+  the next step and Resume runs the flow again from the top in a new one: `Checkpoint` ends the
+  process as soon as it sees the suspend, and `ProcessGuard` makes sure a late process never
+  runs a step the new one runs too.
 
 Reading the flow run gives both the request (labels) and the state in one API call.
 """
@@ -24,8 +28,10 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.states import Paused
+from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.context import TaskRunContext
+from prefect.exceptions import Pause
+from prefect.states import Paused, Pending
 from prefect.utilities.engine import propose_state_sync
 
 from deploy_runs.record import fact_label
@@ -39,6 +45,11 @@ PREFECT_PAUSE_GRACE = 60
 def requested(flow_run: FlowRun) -> str | None:
     value = (flow_run.labels or {}).get(CONTROL_LABEL)
     return str(value) if value in (PAUSE, STOP) else None
+
+
+def is_suspension(state: State | None) -> bool:
+    """Prefect's suspend: the process ends, and Resume starts the flow again in a new one."""
+    return bool(state and state.type is StateType.PAUSED and state.name == "Suspended")
 
 
 def cancel_requested(flow_run: FlowRun) -> bool:
@@ -71,9 +82,18 @@ class Checkpoint:
             flow_run = client.read_flow_run(self.run_id)
             if cancel_requested(flow_run) or requested(flow_run) == STOP:
                 return Decision(True, f"Stopped by request before {step}.")
+            self._end_if_suspended(flow_run, step)
             if requested(flow_run) == PAUSE:
                 return self._pause(client, step)
         return GO
+
+    def _end_if_suspended(self, flow_run: FlowRun, step: str) -> None:
+        # Prefect notices a suspend in this process too, but late at times (seconds, under
+        # load): by then the next step would have asked to start. The flow run says it now.
+        if is_suspension(flow_run.state):
+            self.log(f"suspended before {step}: this process ends; Resume runs the flow again "
+                     "and it goes on from here (finished steps are not run again)")
+            raise Pause(state=flow_run.state)
 
     def _pause(self, client: SyncPrefectClient, step: str) -> Decision:
         self.pauses += 1
@@ -96,6 +116,7 @@ class Checkpoint:
             flow_run = client.read_flow_run(self.run_id)
             if cancel_requested(flow_run) or requested(flow_run) == STOP:
                 return Decision(True, f"Stopped by request while paused before {step}.")
+            self._end_if_suspended(flow_run, step)
             if flow_run.state and flow_run.state.is_running():
                 if requested(flow_run) == PAUSE:
                     # Resumed from elsewhere (e.g. the Prefect UI): the request is spent.
@@ -105,6 +126,43 @@ class Checkpoint:
             if time.monotonic() > deadline:
                 return Decision(True, f"Paused for longer than the pause timeout "
                                       f"({self.pause_timeout:g}s); the run was stopped.")
+
+
+class ProcessGuard:
+    """One process runs a run's steps: called by each step before it does anything.
+
+    When a suspend comes between the flow's check and the next step's start, Prefect holds
+    that step (its task run Paused "NotReady") and this process waits. Resume starts the flow
+    again in a new process, and once that one is Running the server lets the waiting step run
+    here as well: two processes would run one step (seen in CI: a second `docker run` of the
+    same container). So a step first asks the server whether the run was suspended after this
+    process began; if so its task run goes back to Pending and this process ends the way
+    Prefect's own suspend ends it (the Pause signal), leaving the step to the new process.
+    """
+
+    def __init__(self, run_id: UUID, began: State | None) -> None:
+        self.run_id = run_id
+        self.began = began  # the Running state this process entered
+
+    def check(self) -> None:
+        if self.began is None:
+            return
+        with get_client(sync_client=True) as client:
+            states = client.read_flow_run_states(self.run_id)  # oldest first
+            ids = [s.id for s in states]
+            if self.began.id not in ids:
+                return
+            suspension = next((s for s in states[ids.index(self.began.id) + 1:]
+                               if is_suspension(s)), None)
+            if suspension is None:
+                return
+            context = TaskRunContext.get()
+            if context is not None:
+                client.set_task_run_state(
+                    context.task_run.id, force=True,
+                    state=Pending(name="NotReady", message="The run was suspended before this "
+                                  "step started; it runs in the process started on Resume."))
+        raise Pause(state=suspension)
 
 
 class StopWatcher:

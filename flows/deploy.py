@@ -19,7 +19,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 from blocks import Application
 from blocks.application import check_ref
 from deploy_runs.concurrency import SlotRefused, app_slot
-from deploy_runs.controls import Checkpoint, StopWatcher
+from deploy_runs.controls import Checkpoint, ProcessGuard, StopWatcher
 from deploy_runs.models import Failure
 from deploy_runs.outcome import RunOutcome
 from deploy_runs.record import RunRecorder, failure_from_exception
@@ -52,12 +52,10 @@ def deploy_app(app: str, ref: str | None = None,
     application = Application.load(app)
     record = RunRecorder(flow_run.id)
     record.begin(application, ref, list(flow_run.tags), flow_run.deployment_id is not None)
-    ctx = DeployContext(run_id=flow_run.id, app=application, ref=ref)
+    ctx = DeployContext(run_id=flow_run.id, app=application, ref=ref,
+                        guard=ProcessGuard(flow_run.id, flow_run.state))
     outcome = RunOutcome(flow_run, app, ref)
-    # After a Prefect suspend (the UI's Pause) the flow restarts from the top: finished steps
-    # are not run again, their facts are read back instead.
-    done = record.restore(ctx)
-    reuse = [] if done or not retry_of else record.reuse(UUID(retry_of), ctx, PLANNED_STEPS)
+    done: set[str] = set()
     checkpoint = Checkpoint(flow_run.id, pause_timeout, log=logger.info)
 
     def end(status: RunStatus, state: State, failure: Failure | None = None) -> State:
@@ -84,9 +82,14 @@ def deploy_app(app: str, ref: str | None = None,
     except SlotRefused as exc:
         logger.warning("%s", exc)
         return end(RunStatus.STOPPED, Cancelled(message=str(exc)))
-    ctx.start_run_clock()
 
     with slot, StopWatcher(flow_run.id, ctx.interrupt) as watcher, ctx:
+        # After a Prefect suspend (the UI's Pause) the flow restarts from the top: finished
+        # steps are not run again, their facts are read back instead. Read once the slot is
+        # ours, so no other process of this run is still in a step.
+        done.update(record.restore(ctx))
+        reuse = [] if done or not retry_of else record.reuse(UUID(retry_of), ctx, PLANNED_STEPS)
+        ctx.start_run_clock()
         for step in PIPELINE:
             if step.name in done:
                 logger.info("%s already finished in this run; not running it again", step.name)

@@ -9,11 +9,15 @@ import sys
 import uuid
 
 import pytest
+from prefect import flow, task
 from prefect.client.orchestration import get_client
+from prefect.context import get_run_context
+from prefect.exceptions import Pause
 from prefect.flow_runs import suspend_flow_run
+from prefect.states import Running, Suspended
 
 from deploy_runs import InvalidControl, RunNotFound, RunStatus, StepStatus
-from deploy_runs.controls import CONTROL_LABEL
+from deploy_runs.controls import CONTROL_LABEL, ProcessGuard
 from deploy_runs.status import STOPPED_STEP_MESSAGE
 
 from .conftest import http_get, server_processes, slow_build_files, wait_for
@@ -128,6 +132,41 @@ def test_prefect_suspend_then_resume_does_not_run_finished_steps_again(client, m
     clones = [line for line in logs if line.stream == "command" and " clone " in line.text]
     assert len(clones) == 1, "Fetch source ran once"
     assert http_get(app.url())[0] == 200
+
+
+def test_a_step_let_through_after_a_suspend_ends_the_late_process_instead(client):
+    """The race behind a CI failure: a suspend lands after the flow's check but before the next
+    step starts; Prefect holds that step and lets it through once Resume has started the flow
+    again elsewhere. Here the flow run goes Suspended and then Running (the new process) between
+    this process's start and its step: the step must not run, and this process must end."""
+    ran, seen = [], {}
+
+    @task(name="Start application")
+    def late_step(guard: ProcessGuard) -> None:
+        seen["task_run"] = get_run_context().task_run.id
+        guard.check()
+        ran.append("the step's work")
+
+    @flow(name="guard-check")
+    def late_process() -> None:
+        flow_run = get_run_context().flow_run
+        seen["flow_run"] = flow_run.id
+        guard = ProcessGuard(flow_run.id, flow_run.state)
+        late_step(guard)  # no suspend yet: this process still owns the run
+        with get_client(sync_client=True) as api:
+            api.set_flow_run_state(flow_run.id, Suspended(timeout_seconds=300), force=True)
+            api.set_flow_run_state(flow_run.id, Running(), force=True)
+        late_step(guard)
+
+    with pytest.raises(Pause) as ended:
+        late_process()
+    assert ran == ["the step's work"], "the step ran once: before the suspend, not after"
+    assert ended.value.state.name == "Suspended"
+    with get_client(sync_client=True) as api:
+        task_state = api.read_task_run(seen["task_run"]).state
+        assert api.read_flow_run(seen["flow_run"]).state.is_running(), "the new process's run"
+    assert task_state.is_pending() and task_state.name == "NotReady", task_state
+    assert "process started on Resume" in task_state.message
 
 
 def test_stop_during_a_long_remote_command_kills_it_and_skips_the_rest(client, make_app, start):
