@@ -37,6 +37,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.concurrency._leases import maintain_concurrency_lease
 from prefect.exceptions import PrefectHTTPStatusError
 
+from deploy_runs.api import send, write_labels
 from deploy_runs.controls import STOP, requested
 from deploy_runs.history import run_filter
 from deploy_runs.record import fact_label
@@ -131,15 +132,21 @@ class Waiting:
 def _acquire(client: SyncPrefectClient, app: str, run_id: UUID) -> UUID | None:
     """Take the app's slot with a lease: the lease id, or None when the slot is taken."""
     for _ in range(2):
-        try:
-            response = client.increment_concurrency_slots_with_lease(
-                names=[limit_name(app)], slots=1, mode="concurrency",
-                lease_duration=LEASE_SECONDS,
-                holder=ConcurrencyLeaseHolder(type="flow_run", id=run_id))
-        except PrefectHTTPStatusError as exc:
-            if exc.response.status_code == 423:  # Locked: the slot is taken
-                return None
-            raise
+        holder = ConcurrencyLeaseHolder(type="flow_run", id=run_id)
+        response = send(client, "POST", "/v2/concurrency_limits/increment-with-lease", {
+            "names": [limit_name(app)], "slots": 1, "mode": "concurrency",
+            "lease_duration": LEASE_SECONDS, "holder": holder.model_dump(mode="json")})
+        if response is not None and response.status_code == 423:  # Locked: the slot is taken
+            return None
+        if response is None or not response.is_success:
+            try:  # Prefect's own client: its retries, its errors
+                response = client.increment_concurrency_slots_with_lease(
+                    names=[limit_name(app)], slots=1, mode="concurrency",
+                    lease_duration=LEASE_SECONDS, holder=holder)
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code == 423:
+                    return None
+                raise
         body = response.json()
         if body.get("limits"):
             return UUID(body["lease_id"])
@@ -174,7 +181,7 @@ def app_slot(app: str, run_id: UUID, policy: str, *,
         waited = time.monotonic() - began
         if said:
             log(f"Got the slot of {app} after waiting {waited:.1f} s.")
-        client.update_flow_run_labels(run_id, {SLOT_LABEL: HELD})
+        write_labels(client, run_id, {SLOT_LABEL: HELD})
         try:
             with maintain_concurrency_lease(lease, LEASE_SECONDS):
                 yield waited
@@ -182,4 +189,4 @@ def app_slot(app: str, run_id: UUID, policy: str, *,
             with contextlib.suppress(Exception):
                 client.release_concurrency_slots_with_lease(lease)
             with contextlib.suppress(Exception):
-                client.update_flow_run_labels(run_id, {SLOT_LABEL: "released"})
+                write_labels(client, run_id, {SLOT_LABEL: "released"})

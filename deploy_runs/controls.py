@@ -34,6 +34,7 @@ from prefect.exceptions import Pause
 from prefect.states import Paused, Pending
 from prefect.utilities.engine import propose_state_sync
 
+from deploy_runs.api import write_labels
 from deploy_runs.record import fact_label
 
 CONTROL_LABEL = fact_label("control")
@@ -120,7 +121,7 @@ class Checkpoint:
             if flow_run.state and flow_run.state.is_running():
                 if requested(flow_run) == PAUSE:
                     # Resumed from elsewhere (e.g. the Prefect UI): the request is spent.
-                    client.update_flow_run_labels(self.run_id, {CONTROL_LABEL: ""})
+                    write_labels(client, self.run_id, {CONTROL_LABEL: ""})
                 self.log(f"resumed; continuing with {step}")
                 return GO
             if time.monotonic() > deadline:

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 
+from deploy_runs.api import write_labels
 from deploy_runs.errors import CommandFailed, CommandTimedOut, StepFailed, StepTimedOut
 from deploy_runs.inputs import step_inputs
 from deploy_runs.models import Failure, ServiceRelease
@@ -118,7 +119,7 @@ class RunRecorder:
                 # started by Prefect (UI, CLI, schedule), or by calling the flow in a process
                 tags.add(trigger_tag("prefect" if from_deployment else "in-process"))
             client.update_flow_run(self.run_id, tags=sorted(tags))
-            client.update_flow_run_labels(self.run_id, {
+            write_labels(client, self.run_id, {
                 fact_label("app"): app.name, fact_label("ref"): ref or "",
                 fact_label("config"): json.dumps(config_snapshot(app), sort_keys=True)})
 
@@ -126,7 +127,7 @@ class RunRecorder:
         """The commit being deployed, and (now that it is known) each step's input hashes."""
         with get_client(sync_client=True) as client:
             client.update_flow_run(self.run_id, name=f"{app.name}-{commit[:7]}")
-            client.update_flow_run_labels(self.run_id, {
+            write_labels(client, self.run_id, {
                 fact_label("commit"): commit,
                 fact_label("commit-message"): message[:500],
                 fact_label("inputs"): json.dumps(step_inputs(app, commit)),
@@ -155,7 +156,7 @@ class RunRecorder:
     def services(self, releases: dict[str, ServiceRelease]) -> None:
         value = json.dumps([r.model_dump(mode="json") for r in releases.values()])
         with get_client(sync_client=True) as client:
-            client.update_flow_run_labels(self.run_id, {fact_label("services"): value})
+            write_labels(client, self.run_id, {fact_label("services"): value})
 
     def failure(self, failure: Failure, app: str) -> None:
         from datetime import UTC, datetime
@@ -166,7 +167,7 @@ class RunRecorder:
             client.create_flow_run_input(self.run_id, key=FAILURE_KEY,
                                          value=failure.model_dump_json())
             if failure.signature:
-                client.update_flow_run_labels(
+                write_labels(client,
                     self.run_id, {fact_label("failure"): failure.signature})
                 client.create_logs([LogCreate(
                     name=FAILURE_LOGGER, level=FAILURE_LEVEL, timestamp=datetime.now(UTC),

@@ -7,6 +7,7 @@ import base64
 import io
 import re
 import select
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -204,6 +205,10 @@ class RemoteHost:
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(15)
+        if isinstance(transport.sock, socket.socket):
+            # Without it each command waits on Nagle + delayed ACK: measured 48 ms -> 3 ms per
+            # command on loopback (a no-change redeploy runs ~15 commands).
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._client = client
 
     @property

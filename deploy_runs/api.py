@@ -1,0 +1,59 @@
+"""Writes to the Prefect API that are sent again at once when the SQLite store is busy.
+
+On SQLite, Prefect's server answers 503 when a write transaction that began by reading finds
+that another writer committed in between (SQLITE_BUSY: no busy timeout waits that out); it
+rolled the request back, so sending it again is safe. Prefect's client waits 2 s before it
+does (its back-off, 2**attempt, as the server sends no Retry-After) - most of a no-change
+redeploy, measured on almost every run (`bench/redeploy.py`). Label updates are such
+read-then-write transactions, and a run writes its facts as labels; those, and the request
+for the app's concurrency slot, are sent again after 20 ms, 40 ms, ... up to `PATIENCE`
+seconds. Any other answer, and a store that stays
+busy, go through Prefect's own client unchanged (its errors, its retries, its CSRF token).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import SyncPrefectClient
+
+PATIENCE = 5.0
+FIRST_WAIT, LONGEST_WAIT = 0.02, 0.25
+
+
+def waits(patience: float = PATIENCE) -> list[float]:
+    """Pauses between attempts: doubling from FIRST_WAIT to LONGEST_WAIT, `patience` in all."""
+    out, wait = [], FIRST_WAIT
+    while sum(out) + wait <= patience:
+        out.append(wait)
+        wait = min(wait * 2, LONGEST_WAIT)
+    return out
+
+
+def send(client: SyncPrefectClient, method: str, path: str, body: Any,
+         patience: float = PATIENCE) -> httpx.Response | None:
+    """Send a request whose server side rolls back on a busy store, again at once while the
+    answer is 503. None when the store stays busy or this client cannot send directly: the
+    caller then uses Prefect's own client method."""
+    http = getattr(client, "_client", None)  # Prefect's httpx client (its send retries)
+    if not isinstance(http, httpx.Client):
+        return None
+    for wait in [*waits(patience), None]:
+        # httpx's own send: one attempt, without Prefect's retry loop
+        response = httpx.Client.send(http, http.build_request(method, path, json=body))
+        if response.status_code != 503:
+            return response
+        if wait is not None:
+            time.sleep(wait * random.uniform(0.8, 1.2))
+    return None
+
+
+def write_labels(client: SyncPrefectClient, run_id: UUID, labels: dict[str, Any]) -> None:
+    """Merge `labels` into the flow run's labels (Prefect's `update_flow_run_labels`)."""
+    response = send(client, "PATCH", f"/flow_runs/{run_id}/labels", labels)
+    if response is None or not response.is_success:
+        client.update_flow_run_labels(run_id, labels)  # Prefect's answer, error or success

@@ -1,0 +1,80 @@
+"""Writes sent again at once while the store is busy (503), against a small local HTTP server
+that answers as Prefect's does when SQLite is busy."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from uuid import uuid4
+
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+
+from deploy_runs.api import FIRST_WAIT, LONGEST_WAIT, send, waits, write_labels
+
+
+class Store:
+    def __init__(self, busy_answers: int) -> None:
+        self.busy_answers = busy_answers
+        self.requests: list[tuple[str, str, object]] = []
+        self.url = ""
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    state = Store(0)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PATCH(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state.requests.append(("PATCH", self.path, body))
+            busy = len(state.requests) <= state.busy_answers
+            self.send_response(503 if busy else 204)
+            payload = b'{"exception_message": "Service Unavailable"}' if busy else b""
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/api"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def test_waits_double_up_to_the_longest_and_stay_within_the_patience():
+    assert waits(1.0)[:4] == [FIRST_WAIT, FIRST_WAIT * 2, FIRST_WAIT * 4, FIRST_WAIT * 8]
+    assert max(waits()) == LONGEST_WAIT
+    assert sum(waits(1.0)) <= 1.0 and sum(waits(1.0)) + LONGEST_WAIT > 1.0
+
+
+def test_a_busy_store_gets_the_request_again_until_it_is_taken(store):
+    store.busy_answers = 3
+    client = SyncPrefectClient(store.url)
+    run_id = uuid4()
+    response = send(client, "PATCH", f"/flow_runs/{run_id}/labels", {"a": "1"})
+    assert response is not None and response.status_code == 204
+    assert [r[1] for r in store.requests] == [f"/api/flow_runs/{run_id}/labels"] * 4
+    assert all(r[2] == {"a": "1"} for r in store.requests)
+
+
+def test_a_store_that_stays_busy_is_left_to_prefects_client(store):
+    store.busy_answers = 10**6
+    client = SyncPrefectClient(store.url)
+    assert send(client, "PATCH", "/flow_runs/x/labels", {}, patience=0.1) is None
+    assert len(store.requests) == len(waits(0.1)) + 1
+
+
+def test_write_labels_sends_each_label_once_when_the_store_is_free(store):
+    client = SyncPrefectClient(store.url)
+    run_id = uuid4()
+    write_labels(client, run_id, {"deploy-runs.commit": "abc"})
+    assert store.requests == [("PATCH", f"/api/flow_runs/{run_id}/labels",
+                               {"deploy-runs.commit": "abc"})]
