@@ -89,7 +89,7 @@ def deploy(bench, name: str, files: dict[str, str], services: int,
 
     from deploy_runs.gitrepo import publish
     from deploy_runs.spec import load_server, parse_spec, register, to_application
-    from flows.deploy import deploy_app
+    from flows.deploy import run_in_process
 
     source = bench.tmp / name
     (source / "site").mkdir(parents=True)
@@ -108,7 +108,7 @@ def deploy(bench, name: str, files: dict[str, str], services: int,
     bench.made.append(name)
     started = time.perf_counter()
     with PeakRSS() as rss:
-        state = deploy_app(name, return_state=True)
+        state = run_in_process(name)
     return rss, time.perf_counter() - started, state.type.value
 
 

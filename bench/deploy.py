@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from deploy_runs import DeployRuns, RunStatus
-    from flows.deploy import deploy_app
+    from flows.deploy import run_in_process
 
     engine, end_to_end, floor = [], [], []
     with bench_environment() as bench:
@@ -32,7 +32,7 @@ def main() -> None:
         known_hosts.write_text(local.known_hosts_line() + "\n")
         client = DeployRuns()
         # Warm-up: the first flow run in a process pays imports and client set-up once.
-        deploy_app(bench.app("warmup")[0])
+        run_in_process(bench.app("warmup")[0])
         for _ in range(args.repeats):
             name, port = bench.app("floor")
             start = time.perf_counter()
@@ -43,7 +43,7 @@ def main() -> None:
 
             name, _ = bench.app("engine")
             start = time.perf_counter()
-            state = deploy_app(name, return_state=True)
+            state = run_in_process(name)
             engine.append(time.perf_counter() - start)
             assert state.is_completed(), state
 

@@ -26,10 +26,10 @@ SLOW_WEB = ("FROM busybox:latest\nRUN sleep 3 && echo {nonce} > /deps.txt\n"
 
 
 def timed(app: str) -> float:
-    from flows.deploy import deploy_app
+    from flows.deploy import run_in_process
 
     start = time.perf_counter()
-    state = deploy_app(app, return_state=True)
+    state = run_in_process(app)
     took = time.perf_counter() - start
     assert state.is_completed(), state
     if VERBOSE:

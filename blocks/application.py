@@ -216,7 +216,7 @@ class Application(Block):
         servers = [self.server]
         for name in self.more_servers:
             try:
-                servers.append(SSHServer.load(name))
+                servers.append(SSHServer.load(name, _sync=True))  # also from the flow
             except ValueError:
                 raise ValueError(f"more_servers: no SSH server block named {name!r}") from None
         return servers

@@ -82,6 +82,7 @@ class RunOutcome:
                   error=failure, services=list(ctx.merged_releases().values()))
         try:
             create_markdown_artifact(markdown=summary_markdown(run), key=artifact_key(self.app),
-                                     description=f"deploy-runs: {self.app} {status}")
+                                     description=f"deploy-runs: {self.app} {status}",
+                                     _sync=True)  # called in the async flow's step thread
         except Exception as exc:
             logger.warning("could not write the run summary artifact: %s", exc)

@@ -52,7 +52,7 @@ def start_in_process(app_name: str, client, **params) -> str:
     """Run the flow directly in a process of its own (no worker, no deployment)."""
     args = ", ".join(f"{k}={v!r}" for k, v in {"app": app_name, **params}.items())
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"from flows.deploy import deploy_app; deploy_app({args})"],
+        [sys.executable, "-c", f"from flows.deploy import run_in_process; run_in_process({args})"],
         env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     found = wait_for(lambda: client.runs(app=app_name), 60, "the in-process run to appear")
     run = found[0]

@@ -30,7 +30,7 @@ from deploy_runs import RunStatus, StepStatus, sandbox
 from deploy_runs.diagnosis import register_suggester, unregister_suggester
 from deploy_runs.models import Run, Suggestion
 from deploy_runs.sandbox_blocks import server_block
-from flows.deploy import deploy_app
+from flows.deploy import run_in_process
 
 from .conftest import free_port, server_processes
 
@@ -45,7 +45,7 @@ WEB = {"name": "web", "context": ".", "dockerfile": "Dockerfile", "container_por
 
 def deploy_here(client, app: str, **params) -> Run:
     """Run the deploy flow in this process (no worker start-up) and read the run back."""
-    state = deploy_app(app=app, return_state=True, **params)
+    state = run_in_process(app, **params)
     return client.wait(state.state_details.flow_run_id, timeout=120)
 
 

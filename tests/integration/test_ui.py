@@ -26,7 +26,7 @@ from playwright.sync_api import Page, Route, expect, sync_playwright
 
 from deploy_runs import RunStatus, StepStatus
 from deploy_runs.models import Run
-from flows.deploy import deploy_app
+from flows.deploy import run_in_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,7 +50,7 @@ def ui_runs(client, make_app) -> tuple[Run, Run]:
     app = make_app("hello")
     completed = client.wait(client.deploy(app.name).id, timeout=180)
     assert completed.status is RunStatus.COMPLETED, completed.error
-    state = deploy_app(app=app.name, ref="no-such-branch", return_state=True)
+    state = run_in_process(app.name, ref="no-such-branch")
     failed = client.wait(state.state_details.flow_run_id, timeout=120)
     assert failed.status is RunStatus.FAILED, failed.status
     assert failed.step("Provision server").status is StepStatus.SKIPPED, failed.steps
