@@ -29,8 +29,9 @@ SERVER_SETTINGS = {
 FLOW_SETTINGS = {
     # Logs reach the API within ~0.1 s instead of the 2 s default.
     "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.1",
-    # The worker looks for new runs every second instead of every 10.
-    "PREFECT_WORKER_QUERY_SECONDS": "1",
+    # The worker looks for new runs 4 times a second instead of every 10 s (a run waited
+    # 0.7-0.8 s in Scheduled with 1 s, measured; a poll is one small request).
+    "PREFECT_WORKER_QUERY_SECONDS": "0.25",
     # Runs send a heartbeat every 30 s (the minimum; default 180): a run whose process died
     # is then marked Crashed within about 90 s (deploy_runs/heartbeat.py).
     **HEARTBEAT_ENV,
