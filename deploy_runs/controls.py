@@ -12,8 +12,8 @@ flow run (the label `deploy-runs.control`), and the flow acts on it itself:
   step, which kills the step's command on the server by its process group;
 - Prefect's own suspend (the UI's Pause button on a deployment run) ends the flow's process at
   the next step and Resume runs the flow again from the top in a new one: `Checkpoint` ends the
-  process as soon as it sees the suspend, and `ProcessGuard` makes sure a late process never
-  runs a step the new one runs too.
+  process as soon as it sees the suspend, and `ProcessGuard` ends it when a suspend came and
+  went (the new process is already Running).
 
 Reading the flow run gives both the request (labels) and the state in one API call.
 """
@@ -29,9 +29,8 @@ from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun, State, StateType
-from prefect.context import TaskRunContext
 from prefect.exceptions import Pause
-from prefect.states import Paused, Pending
+from prefect.states import Paused
 from prefect.utilities.engine import propose_state_sync
 
 from deploy_runs.api import write_labels
@@ -130,15 +129,15 @@ class Checkpoint:
 
 
 class ProcessGuard:
-    """One process runs a run's steps: called by each step before it does anything.
+    """One process runs a run's steps: the flow asks before each step (after the checkpoint).
 
-    When a suspend comes between the flow's check and the next step's start, Prefect holds
-    that step (its task run Paused "NotReady") and this process waits. Resume starts the flow
-    again in a new process, and once that one is Running the server lets the waiting step run
-    here as well: two processes would run one step (seen in CI: a second `docker run` of the
-    same container). So a step first asks the server whether the run was suspended after this
-    process began; if so its task run goes back to Pending and this process ends the way
-    Prefect's own suspend ends it (the Pause signal), leaving the step to the new process.
+    Prefect 3 sets task-run states in the flow's own process (no server check), and a process
+    learns of a suspend late at times. If a suspend came, and Resume already started the flow
+    again in a new process (the run is Running again, so the checkpoint sees nothing), this
+    process must not go on with the next step: the new one will. So the guard asks the server
+    whether the run was suspended after this process began, and if so ends this process the
+    way Prefect's own suspend ends it (the Pause signal). The new process meanwhile waits for
+    the app's slot, which this one holds until it ends, and only then reads the finished steps.
     """
 
     def __init__(self, run_id: UUID, began: State | None) -> None:
@@ -150,20 +149,13 @@ class ProcessGuard:
             return
         with get_client(sync_client=True) as client:
             states = client.read_flow_run_states(self.run_id)  # oldest first
-            ids = [s.id for s in states]
-            if self.began.id not in ids:
-                return
-            suspension = next((s for s in states[ids.index(self.began.id) + 1:]
-                               if is_suspension(s)), None)
-            if suspension is None:
-                return
-            context = TaskRunContext.get()
-            if context is not None:
-                client.set_task_run_state(
-                    context.task_run.id, force=True,
-                    state=Pending(name="NotReady", message="The run was suspended before this "
-                                  "step started; it runs in the process started on Resume."))
-        raise Pause(state=suspension)
+        ids = [s.id for s in states]
+        if self.began.id not in ids:
+            return
+        suspension = next((s for s in states[ids.index(self.began.id) + 1:]
+                           if is_suspension(s)), None)
+        if suspension is not None:
+            raise Pause(state=suspension)
 
 
 class StopWatcher:

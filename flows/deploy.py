@@ -77,8 +77,8 @@ def _deploy(app: str, ref: str | None, pause_timeout: float, retry_of: str | Non
     application = Application.load(app, _sync=True)
     record = RunRecorder(flow_run.id)
     record.begin(application, ref, list(flow_run.tags), flow_run.deployment_id is not None)
-    ctx = DeployContext(run_id=flow_run.id, app=application, ref=ref,
-                        guard=ProcessGuard(flow_run.id, flow_run.state))
+    ctx = DeployContext(run_id=flow_run.id, app=application, ref=ref)
+    guard = ProcessGuard(flow_run.id, flow_run.state)
     outcome = RunOutcome(flow_run, app, ref)
     done: set[str] = set()
     checkpoint = Checkpoint(flow_run.id, pause_timeout, log=logger.info)
@@ -129,6 +129,7 @@ def _deploy(app: str, ref: str | None, pause_timeout: float, retry_of: str | Non
             ctx.extend_run_clock(time.monotonic() - waited)
             if decision.stop:
                 return end(RunStatus.STOPPED, Cancelled(message=decision.message))
+            guard.check()  # suspended and resumed meanwhile: the new process goes on
             if ctx.run_deadline and time.monotonic() > ctx.run_deadline[0]:
                 failure = outcome.explain(
                     Failure(step=step.name, message=ctx.run_deadline[1], timed_out=True),

@@ -13,7 +13,6 @@ from uuid import UUID
 
 from blocks import Application, SSHServer
 from deploy_runs.commands import AppLayout
-from deploy_runs.controls import ProcessGuard
 from deploy_runs.errors import StepStopped, StepTimedOut
 from deploy_runs.models import ServiceRelease
 from deploy_runs.remote import RemoteHost, ServerAddress
@@ -34,7 +33,6 @@ class DeployContext:
     # each with what to say when it passes
     run_deadline: tuple[float, str] | None = None
     deadline: tuple[float, str] | None = None
-    guard: ProcessGuard | None = None  # checked by each step before it does anything
     _hosts: dict[int, RemoteHost] = field(default_factory=dict, repr=False)
     _releases: dict[int, dict[str, ServiceRelease]] = field(default_factory=dict, repr=False)
 

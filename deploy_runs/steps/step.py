@@ -24,8 +24,6 @@ def step(name: str) -> Callable[[Callable[[DeployContext], Any]], Task]:
     def decorate(fn: Callable[[DeployContext], Any]) -> Task:
         @functools.wraps(fn)
         def body(ctx: DeployContext) -> Any:
-            if ctx.guard is not None:
-                ctx.guard.check()
             ctx.begin_step(name)
             try:
                 if not ctx.multi:

@@ -134,39 +134,35 @@ def test_prefect_suspend_then_resume_does_not_run_finished_steps_again(client, m
     assert http_get(app.url())[0] == 200
 
 
-def test_a_step_let_through_after_a_suspend_ends_the_late_process_instead(client):
-    """The race behind a CI failure: a suspend lands after the flow's check but before the next
-    step starts; Prefect holds that step and lets it through once Resume has started the flow
-    again elsewhere. Here the flow run goes Suspended and then Running (the new process) between
-    this process's start and its step: the step must not run, and this process must end."""
-    ran, seen = [], {}
+def test_a_process_whose_run_was_suspended_and_resumed_meanwhile_ends_before_the_next_step(
+        client):
+    """The race behind a CI failure: Prefect sets task states in the flow's process, and the
+    process learns of a suspend late at times; if Resume has already started the flow again
+    elsewhere, the run is Running again and nothing tells this process to stop. Here the flow
+    run goes Suspended and then Running (the new process) between two steps of this process:
+    the guard before the next step ends this process with Prefect's Pause signal."""
+    done = []
 
-    @task(name="Start application")
-    def late_step(guard: ProcessGuard) -> None:
-        seen["task_run"] = get_run_context().task_run.id
-        guard.check()
-        ran.append("the step's work")
+    @task(name="Fetch source")
+    def a_step() -> None:
+        done.append("a step")
 
     @flow(name="guard-check")
     def late_process() -> None:
         flow_run = get_run_context().flow_run
-        seen["flow_run"] = flow_run.id
         guard = ProcessGuard(flow_run.id, flow_run.state)
-        late_step(guard)  # no suspend yet: this process still owns the run
+        guard.check()  # nothing happened: this process owns the run
+        a_step()
         with get_client(sync_client=True) as api:
             api.set_flow_run_state(flow_run.id, Suspended(timeout_seconds=300), force=True)
             api.set_flow_run_state(flow_run.id, Running(), force=True)
-        late_step(guard)
+        guard.check()
+        a_step()
 
     with pytest.raises(Pause) as ended:
         late_process()
-    assert ran == ["the step's work"], "the step ran once: before the suspend, not after"
+    assert done == ["a step"], "the step after the suspend did not run here"
     assert ended.value.state.name == "Suspended"
-    with get_client(sync_client=True) as api:
-        task_state = api.read_task_run(seen["task_run"]).state
-        assert api.read_flow_run(seen["flow_run"]).state.is_running(), "the new process's run"
-    assert task_state.is_pending() and task_state.name == "NotReady", task_state
-    assert "process started on Resume" in task_state.message
 
 
 def test_stop_during_a_long_remote_command_kills_it_and_skips_the_rest(client, make_app, start):
@@ -208,8 +204,11 @@ def test_prefect_cancel_is_stop_and_reaches_the_remote_command(client, make_app,
 
 
 def test_stop_a_paused_run(client, make_app, start):
-    app = make_app("hello")
+    mark = marker()
+    app = make_app("hello", files=slow_build_files(3, mark))
     run_id, _ = start(app)
+    # the request lands while a step runs (a whole deploy of hello can end within a second)
+    wait_for(lambda: server_processes(mark), 90, "the slow build command on the server")
     client.pause(run_id)
     wait_status(client, run_id, RunStatus.PAUSED)
     client.stop(run_id)
