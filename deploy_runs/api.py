@@ -7,8 +7,8 @@ does (its back-off, 2**attempt, as the server sends no Retry-After) - most of a 
 redeploy, measured on almost every run (`bench/redeploy.py`). Label updates are such
 read-then-write transactions, and a run writes its facts as labels; those, and the request
 for the app's concurrency slot, are sent again after 20 ms, 40 ms, ... up to `PATIENCE`
-seconds. Any other answer, and a store that stays
-busy, go through Prefect's own client unchanged (its errors, its retries, its CSRF token).
+seconds. Any other answer is read as Prefect's client reads it (an error raises), and a
+store that stays busy is left to Prefect's own client (its retries, its CSRF token).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+from prefect.client.base import PrefectResponse
 from prefect.client.orchestration import SyncPrefectClient
 
 PATIENCE = 5.0
@@ -52,8 +53,15 @@ def send(client: SyncPrefectClient, method: str, path: str, body: Any,
     return None
 
 
+def request(client: SyncPrefectClient, method: str, path: str, body: Any) -> httpx.Response:
+    """`send`, answered like Prefect's own `client.request`: an error status raises
+    PrefectHTTPStatusError, and a store that stays busy is left to Prefect's retries."""
+    response = send(client, method, path, body)
+    if response is None:
+        return client.request(method, path, json=body)  # type: ignore[arg-type] - a route
+    return PrefectResponse.from_httpx_response(response).raise_for_status()
+
+
 def write_labels(client: SyncPrefectClient, run_id: UUID, labels: dict[str, Any]) -> None:
     """Merge `labels` into the flow run's labels (Prefect's `update_flow_run_labels`)."""
-    response = send(client, "PATCH", f"/flow_runs/{run_id}/labels", labels)
-    if response is None or not response.is_success:
-        client.update_flow_run_labels(run_id, labels)  # Prefect's answer, error or success
+    request(client, "PATCH", f"/flow_runs/{run_id}/labels", labels)

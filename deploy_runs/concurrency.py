@@ -37,7 +37,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.concurrency._leases import maintain_concurrency_lease
 from prefect.exceptions import PrefectHTTPStatusError
 
-from deploy_runs.api import send, write_labels
+from deploy_runs.api import request, write_labels
 from deploy_runs.controls import STOP, requested
 from deploy_runs.history import run_filter
 from deploy_runs.record import fact_label
@@ -131,22 +131,16 @@ class Waiting:
 
 def _acquire(client: SyncPrefectClient, app: str, run_id: UUID) -> UUID | None:
     """Take the app's slot with a lease: the lease id, or None when the slot is taken."""
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=run_id).model_dump(mode="json")
     for _ in range(2):
-        holder = ConcurrencyLeaseHolder(type="flow_run", id=run_id)
-        response = send(client, "POST", "/v2/concurrency_limits/increment-with-lease", {
-            "names": [limit_name(app)], "slots": 1, "mode": "concurrency",
-            "lease_duration": LEASE_SECONDS, "holder": holder.model_dump(mode="json")})
-        if response is not None and response.status_code == 423:  # Locked: the slot is taken
-            return None
-        if response is None or not response.is_success:
-            try:  # Prefect's own client: its retries, its errors
-                response = client.increment_concurrency_slots_with_lease(
-                    names=[limit_name(app)], slots=1, mode="concurrency",
-                    lease_duration=LEASE_SECONDS, holder=holder)
-            except PrefectHTTPStatusError as exc:
-                if exc.response.status_code == 423:
-                    return None
-                raise
+        try:
+            response = request(client, "POST", "/v2/concurrency_limits/increment-with-lease", {
+                "names": [limit_name(app)], "slots": 1, "mode": "concurrency",
+                "lease_duration": LEASE_SECONDS, "holder": holder})
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 423:  # Locked: the slot is taken
+                return None
+            raise
         body = response.json()
         if body.get("limits"):
             return UUID(body["lease_id"])

@@ -12,8 +12,8 @@ flow run (the label `deploy-runs.control`), and the flow acts on it itself:
   step, which kills the step's command on the server by its process group;
 - Prefect's own suspend (the UI's Pause button on a deployment run) ends the flow's process at
   the next step and Resume runs the flow again from the top in a new one: `Checkpoint` ends the
-  process as soon as it sees the suspend, and `ProcessGuard` ends it when a suspend came and
-  went (the new process is already Running).
+  process as soon as it sees the suspend, also one that came and went (the new process is
+  already Running).
 
 Reading the flow run gives both the request (labels) and the state in one API call.
 """
@@ -71,29 +71,47 @@ class Checkpoint:
     """The flow's check between steps. Used only inside the deploy flow."""
 
     def __init__(self, run_id: UUID, pause_timeout: float,
-                 log: Callable[[str], None] = lambda _: None) -> None:
+                 log: Callable[[str], None] = lambda _: None,
+                 began: State | None = None) -> None:
         self.run_id = run_id
         self.pause_timeout = pause_timeout
         self.log = log
         self.pauses = 0
+        self.began = began  # the Running state this process entered
 
     def before_step(self, step: str) -> Decision:
         with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(self.run_id)
             if cancel_requested(flow_run) or requested(flow_run) == STOP:
                 return Decision(True, f"Stopped by request before {step}.")
-            self._end_if_suspended(flow_run, step)
+            self._end_if_suspended(client, flow_run, step)
             if requested(flow_run) == PAUSE:
                 return self._pause(client, step)
         return GO
 
-    def _end_if_suspended(self, flow_run: FlowRun, step: str) -> None:
-        # Prefect notices a suspend in this process too, but late at times (seconds, under
-        # load): by then the next step would have asked to start. The flow run says it now.
-        if is_suspension(flow_run.state):
+    def _end_if_suspended(self, client: SyncPrefectClient, flow_run: FlowRun,
+                          step: str) -> None:
+        """End this process (Prefect's Pause signal) if the run was suspended since it began.
+
+        Prefect 3 sets task states in the flow's process (no server check) and tells a process
+        of a suspend late at times (seconds, under load): the next step would run in it. And
+        when Resume has already started the flow again in a new process, the run is Running
+        again: only its states say a suspend came. That process waits for the app's slot,
+        which this one holds until it ends, and only then reads the finished steps.
+        """
+        suspension = flow_run.state if is_suspension(flow_run.state) else None
+        changed = flow_run.state is not None and self.began is not None \
+            and flow_run.state.id != self.began.id
+        if suspension is None and changed:  # the run's state moved since this process began
+            states = client.read_flow_run_states(self.run_id)  # oldest first
+            ids = [s.id for s in states]
+            if self.began.id in ids:
+                suspension = next((s for s in states[ids.index(self.began.id) + 1:]
+                                   if is_suspension(s)), None)
+        if suspension is not None:
             self.log(f"suspended before {step}: this process ends; Resume runs the flow again "
                      "and it goes on from here (finished steps are not run again)")
-            raise Pause(state=flow_run.state)
+            raise Pause(state=suspension)
 
     def _pause(self, client: SyncPrefectClient, step: str) -> Decision:
         self.pauses += 1
@@ -116,7 +134,7 @@ class Checkpoint:
             flow_run = client.read_flow_run(self.run_id)
             if cancel_requested(flow_run) or requested(flow_run) == STOP:
                 return Decision(True, f"Stopped by request while paused before {step}.")
-            self._end_if_suspended(flow_run, step)
+            self._end_if_suspended(client, flow_run, step)
             if flow_run.state and flow_run.state.is_running():
                 if requested(flow_run) == PAUSE:
                     # Resumed from elsewhere (e.g. the Prefect UI): the request is spent.
@@ -126,36 +144,6 @@ class Checkpoint:
             if time.monotonic() > deadline:
                 return Decision(True, f"Paused for longer than the pause timeout "
                                       f"({self.pause_timeout:g}s); the run was stopped.")
-
-
-class ProcessGuard:
-    """One process runs a run's steps: the flow asks before each step (after the checkpoint).
-
-    Prefect 3 sets task-run states in the flow's own process (no server check), and a process
-    learns of a suspend late at times. If a suspend came, and Resume already started the flow
-    again in a new process (the run is Running again, so the checkpoint sees nothing), this
-    process must not go on with the next step: the new one will. So the guard asks the server
-    whether the run was suspended after this process began, and if so ends this process the
-    way Prefect's own suspend ends it (the Pause signal). The new process meanwhile waits for
-    the app's slot, which this one holds until it ends, and only then reads the finished steps.
-    """
-
-    def __init__(self, run_id: UUID, began: State | None) -> None:
-        self.run_id = run_id
-        self.began = began  # the Running state this process entered
-
-    def check(self) -> None:
-        if self.began is None:
-            return
-        with get_client(sync_client=True) as client:
-            states = client.read_flow_run_states(self.run_id)  # oldest first
-        ids = [s.id for s in states]
-        if self.began.id not in ids:
-            return
-        suspension = next((s for s in states[ids.index(self.began.id) + 1:]
-                           if is_suspension(s)), None)
-        if suspension is not None:
-            raise Pause(state=suspension)
 
 
 class StopWatcher:

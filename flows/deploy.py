@@ -20,7 +20,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 from blocks import Application
 from blocks.application import check_ref
 from deploy_runs.concurrency import SlotRefused, app_slot
-from deploy_runs.controls import Checkpoint, ProcessGuard, StopWatcher
+from deploy_runs.controls import Checkpoint, StopWatcher
 from deploy_runs.models import Failure
 from deploy_runs.outcome import RunOutcome
 from deploy_runs.record import RunRecorder, failure_from_exception
@@ -78,10 +78,9 @@ def _deploy(app: str, ref: str | None, pause_timeout: float, retry_of: str | Non
     record = RunRecorder(flow_run.id)
     record.begin(application, ref, list(flow_run.tags), flow_run.deployment_id is not None)
     ctx = DeployContext(run_id=flow_run.id, app=application, ref=ref)
-    guard = ProcessGuard(flow_run.id, flow_run.state)
     outcome = RunOutcome(flow_run, app, ref)
     done: set[str] = set()
-    checkpoint = Checkpoint(flow_run.id, pause_timeout, log=logger.info)
+    checkpoint = Checkpoint(flow_run.id, pause_timeout, log=logger.info, began=flow_run.state)
 
     def end(status: RunStatus, state: State, failure: Failure | None = None) -> State:
         if failure is not None:
@@ -129,7 +128,6 @@ def _deploy(app: str, ref: str | None, pause_timeout: float, retry_of: str | Non
             ctx.extend_run_clock(time.monotonic() - waited)
             if decision.stop:
                 return end(RunStatus.STOPPED, Cancelled(message=decision.message))
-            guard.check()  # suspended and resumed meanwhile: the new process goes on
             if ctx.run_deadline and time.monotonic() > ctx.run_deadline[0]:
                 failure = outcome.explain(
                     Failure(step=step.name, message=ctx.run_deadline[1], timed_out=True),

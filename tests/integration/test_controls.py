@@ -17,7 +17,7 @@ from prefect.flow_runs import suspend_flow_run
 from prefect.states import Running, Suspended
 
 from deploy_runs import InvalidControl, RunNotFound, RunStatus, StepStatus
-from deploy_runs.controls import CONTROL_LABEL, ProcessGuard
+from deploy_runs.controls import CONTROL_LABEL, Checkpoint
 from deploy_runs.status import STOPPED_STEP_MESSAGE
 
 from .conftest import http_get, server_processes, slow_build_files, wait_for
@@ -140,7 +140,7 @@ def test_a_process_whose_run_was_suspended_and_resumed_meanwhile_ends_before_the
     process learns of a suspend late at times; if Resume has already started the flow again
     elsewhere, the run is Running again and nothing tells this process to stop. Here the flow
     run goes Suspended and then Running (the new process) between two steps of this process:
-    the guard before the next step ends this process with Prefect's Pause signal."""
+    the check before the next step ends this process with Prefect's Pause signal."""
     done = []
 
     @task(name="Fetch source")
@@ -150,13 +150,13 @@ def test_a_process_whose_run_was_suspended_and_resumed_meanwhile_ends_before_the
     @flow(name="guard-check")
     def late_process() -> None:
         flow_run = get_run_context().flow_run
-        guard = ProcessGuard(flow_run.id, flow_run.state)
-        guard.check()  # nothing happened: this process owns the run
+        checkpoint = Checkpoint(flow_run.id, 60, began=flow_run.state)
+        assert not checkpoint.before_step("Fetch source").stop  # this process owns the run
         a_step()
         with get_client(sync_client=True) as api:
             api.set_flow_run_state(flow_run.id, Suspended(timeout_seconds=300), force=True)
             api.set_flow_run_state(flow_run.id, Running(), force=True)
-        guard.check()
+        checkpoint.before_step("Fetch source")
         a_step()
 
     with pytest.raises(Pause) as ended:
