@@ -265,6 +265,11 @@ class RemoteHost:
                 if self.interrupted and (pgid is not None or time.monotonic() - started > 2):
                     self._kill(pgid)
                     raise StepStopped(self.interrupted)
+                # Read EOF before the buffers: paramiko's transport thread buffers all of the
+                # output before it marks EOF, so output that arrives between a read finding
+                # nothing and an EOF check made after it would be left behind (up to a window,
+                # ~2 MB, of the command's last output).
+                ended = channel.eof_received or channel.closed
                 got = False
                 if channel.recv_ready():
                     emit("stdout", streams["stdout"].feed(channel.recv(_CHUNK)))
@@ -275,7 +280,7 @@ class RemoteHost:
                 if got:
                     continue
                 sink.flush()
-                if channel.eof_received or channel.closed:
+                if ended:
                     break
                 if not self.is_connected():
                     raise ConnectionLost(self._lost(text))
