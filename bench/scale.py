@@ -5,10 +5,13 @@ For each database and N (default 1, 5, 20): N runs of N different apps (hello, e
 the 3 hosts, each build printing a few lines) are requested at once through the Python API;
 printed: runs per minute (N / wall time from first request to last run ended), median and p95
 run duration (flow run start -> end), and trigger latency (request -> first step Running),
-median and p95; requests refused and runs not Completed are counted ("failed").
+median and p95; requests refused and runs not Completed are counted ("failed"). N=1 is
+repeated (--single-repeats, one deploy at a time) so its median is not one sample.
+Workers: deploy-runs' warm-start worker (`deploy-runs worker`) and, as the baseline measured in
+the same run, Prefect's stock process worker (`prefect worker start --type process`).
 Anchor: Prefect's default worker polling alone adds 7.5-9 s to a run's start.
 
-    python bench/scale.py [--sizes 1,5,20] [--databases postgresql,sqlite]
+    python bench/scale.py [--sizes 1,5,20] [--databases postgresql,sqlite] [--workers warm,stock]
 """
 
 from __future__ import annotations
@@ -66,7 +69,24 @@ def make_apps(count: int, tmp: Path, info) -> list[str]:
     return names
 
 
-async def one_round(names: list[str]) -> dict[str, float]:
+async def one_round(rounds: list[list[str]]) -> dict[str, float]:
+    """Each round's deploys requested at once, the rounds one after another; figures over all."""
+    durations, latency, wall, failed = [], [], 0.0, 0.0
+    for names in rounds:
+        d, lat, w, f = await _round(names)
+        durations += d
+        latency += lat
+        wall += w
+        failed += f
+    if not durations:
+        return {"runs/min": 0.0, "median s": 0.0, "p95 s": 0.0, "trigger median s": 0.0,
+                "trigger p95 s": 0.0, "wall s": wall, "failed": failed}
+    return {"runs/min": 60 * len(durations) / wall, "median s": statistics.median(durations),
+            "p95 s": p95(durations), "trigger median s": statistics.median(latency),
+            "trigger p95 s": p95(latency), "wall s": wall, "failed": failed}
+
+
+async def _round(names: list[str]) -> tuple[list[float], list[float], float, float]:
     from deploy_runs import AsyncDeployRuns, RunStatus
 
     runs = AsyncDeployRuns()
@@ -89,16 +109,10 @@ async def one_round(names: list[str]) -> dict[str, float]:
         why = str(refused[0])[:160] if refused else (bad[0].error or bad[0].message)
         print(f"    {len(refused)} request(s) refused, {len(bad)} run(s) not Completed: {why}")
     done = [r for r in done if r.status is RunStatus.COMPLETED]
-    if not done:
-        return {"runs/min": 0.0, "median s": 0.0, "p95 s": 0.0, "trigger median s": 0.0,
-                "trigger p95 s": 0.0, "wall s": wall, "failed": float(len(names))}
     durations = [r.duration for r in done]
     latency = [min(s.started_at for s in r.steps if s.started_at).timestamp() - requested[r.id]
                for r in done]
-    return {"runs/min": 60 * len(done) / wall, "median s": statistics.median(durations),
-            "p95 s": p95(durations), "trigger median s": statistics.median(latency),
-            "trigger p95 s": p95(latency), "wall s": wall,
-            "failed": float(len(names) - len(done))}
+    return durations, latency, wall, float(len(names) - len(done))
 
 
 def remove_containers(info) -> None:
@@ -113,7 +127,8 @@ def remove_containers(info) -> None:
             engine.close()
 
 
-def measure(database: str, sizes: list[int], info) -> list[tuple[int, dict[str, float]]]:
+def measure(database: str, sizes: list[int], info, warm: bool,
+            single_repeats: int) -> list[tuple[int, dict[str, float]]]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deploy_runs.prefect_local import drop_postgres, start_postgres, start_server, start_worker, stop
@@ -128,14 +143,16 @@ def measure(database: str, sizes: list[int], info) -> list[tuple[int, dict[str, 
         url = start_server(free_port(), state, database_url=db_url)
         with temporary_settings(updates={PREFECT_API_URL: url}):
             for name in WORKERS:
-                start_worker(url, state, name=name)
+                start_worker(url, state, name=name, warm=warm)
             for host in info.hosts:
                 if host.name in HOSTS:
                     server_block(host).save(block_name(host), overwrite=True)
-            asyncio.run(one_round(make_apps(1, tmp, info)))  # warm-up: caches, imports
+            asyncio.run(one_round([make_apps(1, tmp, info)]))  # warm-up: caches, imports
             for n in sizes:
-                rows.append((n, asyncio.run(one_round(make_apps(n, tmp, info)))))
-                print(f"  {database} N={n}: " + ", ".join(
+                rounds = [make_apps(n, tmp, info)
+                          for _ in range(single_repeats if n == 1 else 1)]
+                rows.append((n, asyncio.run(one_round(rounds))))
+                print(f"  {database} {'warm' if warm else 'stock'} N={n}: " + ", ".join(
                     f"{k} {v:.2f}" for k, v in rows[-1][1].items()), flush=True)
     finally:
         stop(state)
@@ -148,7 +165,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1,5,20")
     parser.add_argument("--databases", default="postgresql,sqlite")
-    parser.add_argument("--json", action="store_true", help="(internal) one database, JSON out")
+    parser.add_argument("--workers", default="warm,stock",
+                        help="warm: deploy-runs worker; stock: Prefect's process worker")
+    parser.add_argument("--single-repeats", type=int, default=5,
+                        help="N=1 deploys, one after another")
+    parser.add_argument("--json", action="store_true", help="(internal) one setup, JSON out")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -159,34 +180,51 @@ def main() -> None:
     for name in HOSTS:
         sandbox.add_host(name)
     if args.json:
-        print("RESULT " + json.dumps(measure(args.databases, sizes, sandbox.status())))
+        print("RESULT " + json.dumps(measure(args.databases, sizes, sandbox.status(),
+                                             args.workers == "warm", args.single_repeats)))
         return
-    # each database in a process of its own: Prefect clients of the first server (events,
-    # logs) must not linger and slow the second
+    # each setup in a process of its own: Prefect clients of the first server (events, logs)
+    # must not linger and slow the next
     results = {}
     for db in args.databases.split(","):
-        out = subprocess.run([sys.executable, __file__, "--json", "--databases", db,
-                              "--sizes", args.sizes], capture_output=True, text=True)
-        rows = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-        print("\n".join(line for line in out.stdout.splitlines() if line.startswith("  ")))
-        if out.returncode or not rows:
-            raise SystemExit(f"{db}: failed\n{out.stderr[-3000:]}")
-        results[db] = [tuple(row) for row in json.loads(rows[0].removeprefix("RESULT "))]
+        for kind in args.workers.split(","):
+            out = subprocess.run([sys.executable, __file__, "--json", "--databases", db,
+                                  "--workers", kind, "--sizes", args.sizes,
+                                  "--single-repeats", str(args.single_repeats)],
+                                 capture_output=True, text=True)
+            rows = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+            print("\n".join(line for line in out.stdout.splitlines() if line.startswith("  ")),
+                  flush=True)
+            if out.returncode or not rows:
+                raise SystemExit(f"{db} {kind}: failed\n{out.stderr[-3000:]}")
+            results[db, kind] = [tuple(row)
+                                 for row in json.loads(rows[0].removeprefix("RESULT "))]
 
-    print(f"\n{len(HOSTS)} hosts, {len(WORKERS)} process workers, N concurrent deploys "
-          "of N apps (hello), requested at once")
+    print(f"\n{len(HOSTS)} hosts, {len(WORKERS)} workers, N concurrent deploys of N apps "
+          f"(hello), requested at once; N=1: {args.single_repeats} deploys one after another")
     header = ("runs/min", "median s", "p95 s", "trigger median s", "trigger p95 s", "failed")
-    print(f"{'database':<11}{'N':>4}" + "".join(f"{h:>18}" for h in header))
-    for db, rows in results.items():
+    print(f"{'database':<11}{'worker':<7}{'N':>4}" + "".join(f"{h:>18}" for h in header))
+    for (db, kind), rows in results.items():
         for n, row in rows:
-            print(f"{db:<11}{n:>4}" + "".join(f"{row[h]:>18.2f}" for h in header))
-    if {"postgresql", "sqlite"} <= results.keys():
-        print("\nratio PostgreSQL / SQLite (runs/min; trigger median):")
-        for (n, pg), (_, lite) in zip(results["postgresql"], results["sqlite"], strict=True):
-            if pg["runs/min"] and lite["runs/min"]:
-                print(f"  N={n}: {pg['runs/min'] / lite['runs/min']:.2f}; "
-                      f"{pg['trigger median s'] / lite['trigger median s']:.2f}")
-    print("anchor: Prefect's default worker polling alone adds 7.5-9 s to a run's start")
+            print(f"{db:<11}{kind:<7}{n:>4}" + "".join(f"{row[h]:>18.2f}" for h in header))
+    for kind in args.workers.split(","):
+        pg, lite = results.get(("postgresql", kind)), results.get(("sqlite", kind))
+        if pg and lite:
+            print(f"\nratio PostgreSQL / SQLite, {kind} workers (runs/min; trigger median):")
+            for (n, a), (_, b) in zip(pg, lite, strict=True):
+                if a["runs/min"] and b["runs/min"]:
+                    print(f"  N={n}: {a['runs/min'] / b['runs/min']:.2f}; "
+                          f"{a['trigger median s'] / b['trigger median s']:.2f}")
+    for db in args.databases.split(","):
+        warm, stock = results.get((db, "warm")), results.get((db, "stock"))
+        if warm and stock:
+            print(f"\nratio warm / stock worker, {db} (trigger median; runs/min):")
+            for (n, a), (_, b) in zip(warm, stock, strict=True):
+                if a["trigger median s"] and b["trigger median s"]:
+                    print(f"  N={n}: {a['trigger median s'] / b['trigger median s']:.2f}; "
+                          f"{a['runs/min'] / b['runs/min']:.2f}")
+    print("anchor: Prefect's default worker polling alone adds 7.5-9 s to a run's start; "
+          "goal: trigger median under 2 s")
 
 
 if __name__ == "__main__":

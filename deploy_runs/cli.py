@@ -373,6 +373,20 @@ def prefect_down() -> None:
 
 
 @app.command()
+def worker(pool: Annotated[str, typer.Option(help="The process work pool to serve.")] = "deploy-runs",
+           name: Annotated[str | None, typer.Option(help="The worker's name.")] = None,
+           limit: Annotated[int | None, typer.Option(
+               help="At most this many flow runs at once.")] = None) -> None:
+    """Serve a process work pool like `prefect worker start`, with each run's process forked
+    warm (Prefect and the deploy flow already imported): runs start ~2 s sooner."""
+    import asyncio
+
+    from deploy_runs.worker import serve
+
+    asyncio.run(serve(pool, name=name, limit=limit))
+
+
+@app.command()
 @friendly
 def demo(port: Annotated[int, typer.Option(help="Port of the local Prefect server.")] = 4200) -> None:
     """Set everything up on this machine and deploy the `hello` example, live."""

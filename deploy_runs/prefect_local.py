@@ -178,9 +178,10 @@ def worker_env(url: str) -> dict[str, str]:
 
 
 def start_worker(url: str, state: Path | None = None, name: str = "worker",
-                 pool: str | None = None) -> int:
-    """Start a process worker for the deploy-runs pool (or `pool`), reusing one that is
-    already running."""
+                 pool: str | None = None, warm: bool = True) -> int:
+    """Start a worker for the deploy-runs pool (or `pool`), reusing one that is already
+    running: Prefect's process worker with warm-started flow processes (deploy_runs.worker),
+    or with `warm=False` Prefect's stock process worker (a baseline for benchmarks)."""
     state = state or home()
     pid = _alive(state / f"{name}.pid")
     if pid:
@@ -189,8 +190,9 @@ def start_worker(url: str, state: Path | None = None, name: str = "worker",
 
     pool = pool or WORK_POOL
     ensure_work_pool(pool)
-    return _start(name, [sys.executable, "-m", "prefect", "worker", "start",
-                         "--pool", pool, "--type", "process", "--name", f"deploy-runs-{name}"],
+    argv = ([sys.executable, "-m", "deploy_runs.cli", "worker"] if warm else
+            [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"])
+    return _start(name, [*argv, "--pool", pool, "--name", f"deploy-runs-{name}"],
                   worker_env(url), state)
 
 

@@ -1,0 +1,212 @@
+"""A Prefect process worker whose flow-run processes start warm.
+
+Prefect 3.9.1's process worker starts every flow run as new Python processes (a workspace
+supervisor, then `python -m prefect.engine`): an interpreter start and `import prefect` each
+time, ~2.5 s of a run's trigger latency on a 2-core machine (Submitting -> Running). This worker
+forks each run's process instead from a server process that has already imported Prefect and
+the deploy flow (the standard library's multiprocessing "forkserver"), and runs Prefect's own
+engine entry point (`prefect.engine` as `__main__`) there: the same code as the stock
+subprocess, without the start-up. Everything else is Prefect's process worker: polling,
+concurrency, cancellation and crash reporting (the run's process is registered with Prefect's
+process manager and control channel as usual).
+
+Serves `process` work pools (`deploy-runs worker --pool NAME`). A pool whose job template sets
+its own `command` is served the stock way. The preloaded code is what was installed when the
+worker started: restart the worker after upgrading deploy-runs (as with any long-lived process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import multiprocessing
+import multiprocessing.context
+import os
+import runpy
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+from prefect.flows import load_flow_from_flow_run
+from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
+from prefect.runner._process_manager import ProcessHandle
+from prefect.settings import get_current_settings
+from prefect.utilities.processutils import sanitize_subprocess_env
+from prefect.workers.process import (
+    ProcessJobConfiguration,
+    ProcessWorker,
+    ProcessWorkerResult,
+)
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.runner._control_channel import ControlChannel
+
+# Imported once by the fork server; each run's process starts with them in memory.
+PRELOAD = ["deploy_runs.worker", "prefect.engine", "prefect.flow_engine", "flows.deploy"]
+
+_context: multiprocessing.context.ForkServerContext | None = None
+
+
+def fork_context() -> multiprocessing.context.ForkServerContext:
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(PRELOAD)
+    return _context
+
+
+def warm_up() -> None:
+    """Start the fork server and wait until it has imported PRELOAD (a first process started
+    on a cold server would wait for those imports)."""
+    process = fork_context().Process(target=_nothing, name="deploy-runs-warm-up")
+    process.start()
+    process.join()
+
+
+def _nothing() -> None:
+    pass
+
+
+def run_engine(env: dict[str, str], cwd: str) -> None:
+    """A run's process (forked from the fork server): take the run's environment, then run
+    Prefect's engine entry point as `python -m prefect.engine` would."""
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    from prefect.context import refresh_global_settings_context
+
+    # Settings read in other threads (log and event shipping) come from the global context,
+    # made at import time in the fork server: rebuild it from this run's environment.
+    refresh_global_settings_context()
+    sys.argv = sys.argv[:1]  # the engine reads the run id from PREFECT__FLOW_RUN_ID
+    try:
+        with warnings.catch_warnings():
+            # runpy warns that prefect.engine is already imported: that is the point here
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="runpy")
+            runpy.run_module("prefect.engine", run_name="__main__", alter_sys=False)
+    finally:
+        # A multiprocessing child ends with os._exit: run what Prefect registered to happen
+        # at exit (its log and event workers send what they still hold).
+        atexit._run_exitfuncs()
+
+
+class WarmStarter:
+    """A `ProcessStarter` (Prefect's runner protocol) that forks the run's process from the
+    fork server. The run's environment is built as Prefect's engine-command starter builds it
+    (the job's env over the worker's settings, as the process worker's default path does)."""
+
+    def __init__(self, *, cwd: Path, env: dict[str, str | None],
+                 control_channel: ControlChannel | None) -> None:
+        self._cwd = cwd
+        self._env = env
+        self._control_channel = control_channel
+
+    def environment(self, flow_run: FlowRun, control: dict[str, str]) -> dict[str, str]:
+        env: dict[str, str | None] = dict(os.environ)
+        env.update(get_current_settings().to_environment_variables(exclude_unset=True))
+        env.update(self._env)
+        env.update({
+            "PREFECT__FLOW_RUN_ID": str(flow_run.id),
+            "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS": "false",
+            **control,
+        })
+        return {k: v for k, v in sanitize_subprocess_env(env).items() if v is not None}
+
+    async def start(self, flow_run: FlowRun,
+                    task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED,
+                    ) -> None:
+        control: dict[str, str] = {}
+        registered = False
+        if self._control_channel is not None:
+            try:
+                port, token = self._control_channel.register(flow_run.id)
+                control = {"PREFECT__CONTROL_PORT": str(port), "PREFECT__CONTROL_TOKEN": token}
+                registered = True
+            except RuntimeError:  # no loopback listener: Prefect falls back to kill-only
+                pass
+        handed_off = False
+        try:
+            process = fork_context().Process(
+                target=run_engine, args=(self.environment(flow_run, control), str(self._cwd)),
+                name=f"flow-run-{flow_run.id}")
+            await anyio.to_thread.run_sync(process.start)
+            task_status.started(ProcessHandle(process))
+            handed_off = True
+            await anyio.to_thread.run_sync(process.join)
+        except BaseException:
+            if registered and not handed_off and self._control_channel is not None:
+                self._control_channel.unregister(flow_run.id)
+            raise
+
+
+class WarmProcessWorker(ProcessWorker):
+    """Prefect's process worker, with flow-run processes forked warm (see the module)."""
+
+    type = "process"  # serves process work pools
+    _display_name = "Process (warm start)"
+    _description = "Process worker whose flow-run processes are forked with Prefect and the " \
+                   "deploy flow already imported."
+
+    @classmethod
+    def __dispatch_key__(cls) -> str:
+        # Prefect's registry maps a key to one worker class: keep "process" for Prefect's own
+        return "deploy-runs-warm-process"
+
+    async def setup(self) -> None:
+        await super().setup()
+        await anyio.to_thread.run_sync(warm_up)
+
+    async def run(self, flow_run: FlowRun, configuration: ProcessJobConfiguration,
+                  task_status: anyio.abc.TaskStatus[int] | None = None) -> ProcessWorkerResult:
+        if configuration._command_configured:  # the pool chose its own command
+            return await super().run(flow_run, configuration, task_status)
+        task_status = task_status or anyio.TASK_STATUS_IGNORED
+        working_dir = (tempfile.TemporaryDirectory(suffix="prefect")
+                       if not configuration.working_dir
+                       else contextlib.nullcontext(configuration.working_dir))
+        execution: FlowRunExecutionResult | None = None
+        with working_dir as cwd:
+            async with FlowRunExecutorContext() as ctx:
+                starter = WarmStarter(cwd=Path(cwd).resolve(), env=configuration.env,
+                                      control_channel=ctx.control_channel)
+                executor = ctx.create_executor(flow_run, starter,
+                                               resolve_flow=load_flow_from_flow_run,
+                                               propose_submitting=False)
+
+                async def execute(*, task_status: anyio.abc.TaskStatus[ProcessHandle]
+                                  = anyio.TASK_STATUS_IGNORED) -> None:
+                    nonlocal execution
+                    execution = await executor.submit(task_status=task_status)
+
+                async with anyio.create_task_group() as group:
+                    handle = await group.start(execute)
+                    if handle.pid is None:
+                        raise RuntimeError("Flow run process has no PID")
+                    task_status.started(handle.pid)
+        if execution is None or execution.status_code is None:
+            raise RuntimeError("Failed to start flow run process.")
+        return ProcessWorkerResult(status_code=execution.status_code,
+                                   identifier=str(execution.handle.pid))
+
+
+async def serve(pool: str, name: str | None = None, limit: int | None = None,
+                **options: Any) -> None:
+    """Run a warm-start worker on `pool` until it is interrupted (as `prefect worker start`)."""
+    from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS
+    from prefect.utilities.processutils import setup_signal_handlers_worker
+
+    setup_signal_handlers_worker(os.getpid(), "the deploy-runs worker", print)
+    worker = WarmProcessWorker(name=name, work_pool_name=pool, limit=limit,
+                               heartbeat_interval_seconds=int(
+                                   PREFECT_WORKER_HEARTBEAT_SECONDS.value()),
+                               **options)
+    try:
+        await worker.start(printer=print)
+    except asyncio.CancelledError:
+        print(f"Worker {worker.name!r} stopped!")
