@@ -165,9 +165,11 @@ def docker_build(tag: str, dockerfile: str, context: str, label_values: Mapping[
                *_label_args(label_values), context)
 
 
-def docker_images(app: str) -> Command:
-    return cmd("docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
-               "--filter", f"reference={image_name(app, '*')}")
+def docker_image_tags(tags: list[str]) -> Command:
+    """The tags of those of `tags` that exist, one JSON list per image found (looked up by
+    name: `docker image ls --filter reference=...` reads every image on the engine, 0.2 s
+    with ~2,600 images, measured). Missing ones are named on stderr and the exit code is 1."""
+    return cmd("docker", "image", "inspect", "--format", "{{json .RepoTags}}", "--", *tags)
 
 
 CONTAINER_LIST_FORMAT = ('{{.Names}}\t{{.Label "deploy-runs.config"}}\t'

@@ -9,6 +9,7 @@ the layers after the change are rebuilt. Each decision is recorded with its reas
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 
@@ -37,6 +38,21 @@ def _stdout(host: RemoteHost, command: c.Command, log: StepLog, check: bool = Tr
     sink = CollectingSink(log)
     result = host.run(command, sink, timeout=TIMEOUT, check=check)
     return sink.stdout().splitlines() if result.exit_code == 0 else []
+
+
+def existing_images(host: RemoteHost, tags: list[str], log: StepLog) -> set[str]:
+    """Which of `tags` the server's engine has."""
+    sink = CollectingSink(log)
+    result = host.run(c.docker_image_tags(tags), sink, timeout=TIMEOUT, check=False)
+    trouble = [text for stream, text in sink.lines
+               if stream == "stderr" and "no such image" not in text.lower()]
+    if result.exit_code != 0 and trouble:
+        raise CommandFailed(result.command, result.exit_code, result.tail)
+    found: set[str] = set()
+    for line in sink.stdout().splitlines():
+        with contextlib.suppress(ValueError):
+            found.update(json.loads(line) or [])
+    return found & set(tags)
 
 
 def previous_commits(host: RemoteHost, app: str, log: StepLog) -> dict[str, str]:
@@ -93,18 +109,20 @@ def build_images(ctx: DeployContext) -> dict[str, str]:
     revs = [rev for s in app.services
             for rev in (c.tree_rev(commit, s.context), c.tree_rev(commit, s.dockerfile))]
     objects = build_input_objects(host, ctx, revs, log)
-    existing = set(_stdout(host, c.docker_images(app.name), log))
-    previous = previous_commits(host, app.name, log)
+    tags = [c.image_tag(app.name, s.name, build_inputs_hash(s, objects[2 * i], objects[2 * i + 1]))
+            for i, s in enumerate(app.services)]
+    existing = existing_images(host, tags, log)
+    previous: dict[str, str] | None = None  # read only when something is to be built
 
-    for i, service in enumerate(app.services):
-        tag = c.image_tag(app.name, service.name,
-                          build_inputs_hash(service, objects[2 * i], objects[2 * i + 1]))
+    for service, tag in zip(app.services, tags, strict=True):
         ctx.images[service.name] = tag
         if tag in existing:
             log.info("%s: build inputs unchanged; reusing image %s", service.name, tag)
             ctx.releases[service.name] = ServiceRelease(
                 name=service.name, image=tag, build="reused", build_reason="unchanged")
             continue
+        if previous is None:
+            previous = previous_commits(host, app.name, log)
         reason = why_rebuilt(host, ctx, service,
                              previous.get(c.container_name(app.name, service.name)), log)
         log.info("%s: %s; building %s", service.name, reason, tag)

@@ -30,6 +30,14 @@ def test_docker_build_names_tag_dockerfile_labels_and_context():
                             "--label", "deploy-runs.app=hello", "deploy-runs/apps/hello/repo")
 
 
+def test_image_lookup_names_each_wanted_tag_after_the_options():
+    tags = ["deploy-runs/shop-web:0123456789ab", "deploy-runs/shop-api:ba9876543210"]
+    command = c.docker_image_tags(tags)
+    assert command.argv == ("docker", "image", "inspect", "--format", "{{json .RepoTags}}",
+                            "--", *tags)
+    assert shlex.split(str(command)) == list(command.argv)
+
+
 def test_docker_run_starts_with_init_ports_env_file_and_labels():
     command = c.docker_run("hello-web", "img:1", ports=[(18080, 8080)], env={"A": "1"},
                            env_file="deploy-runs/apps/hello/web.env",
