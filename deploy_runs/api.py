@@ -7,12 +7,14 @@ does (its back-off, 2**attempt, as the server sends no Retry-After) - most of a 
 redeploy, measured on almost every run (`bench/redeploy.py`). Label updates are such
 read-then-write transactions, and a run writes its facts as labels; those, and the request
 for the app's concurrency slot, are sent again after 20 ms, 40 ms, ... up to `PATIENCE`
-seconds. Any other answer is read as Prefect's client reads it (an error raises), and a
-store that stays busy is left to Prefect's own client (its retries, its CSRF token).
+seconds. Any other answer is read as Prefect's client reads it (an error raises); a store
+that stays busy, or a server that asks for a CSRF token, is left to Prefect's own client (its
+retries, its token). The run controls (Pause/Resume/Stop requests) use the async twins.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from typing import Any
@@ -20,7 +22,7 @@ from uuid import UUID
 
 import httpx
 from prefect.client.base import PrefectResponse
-from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 
 PATIENCE = 5.0
 FIRST_WAIT, LONGEST_WAIT = 0.02, 0.25
@@ -46,11 +48,17 @@ def send(client: SyncPrefectClient, method: str, path: str, body: Any,
     for wait in [*waits(patience), None]:
         # httpx's own send: one attempt, without Prefect's retry loop
         response = httpx.Client.send(http, http.build_request(method, path, json=body))
+        if _needs_csrf(response):
+            return None  # a server with CSRF protection: Prefect's client fetches the token
         if response.status_code != 503:
             return response
         if wait is not None:
             time.sleep(wait * random.uniform(0.8, 1.2))
     return None
+
+
+def _needs_csrf(response: httpx.Response) -> bool:
+    return response.status_code == 403 and b"CSRF" in response.content
 
 
 def request(client: SyncPrefectClient, method: str, path: str, body: Any) -> httpx.Response:
@@ -65,3 +73,35 @@ def request(client: SyncPrefectClient, method: str, path: str, body: Any) -> htt
 def write_labels(client: SyncPrefectClient, run_id: UUID, labels: dict[str, Any]) -> None:
     """Merge `labels` into the flow run's labels (Prefect's `update_flow_run_labels`)."""
     request(client, "PATCH", f"/flow_runs/{run_id}/labels", labels)
+
+
+# The same for Prefect's async client (the run controls of AsyncDeployRuns) ---------------------
+
+async def asend(client: PrefectClient, method: str, path: str, body: Any,
+                patience: float = PATIENCE) -> httpx.Response | None:
+    """`send` with Prefect's async client."""
+    http = getattr(client, "_client", None)
+    if not isinstance(http, httpx.AsyncClient):
+        return None
+    for wait in [*waits(patience), None]:
+        response = await httpx.AsyncClient.send(http, http.build_request(method, path, json=body))
+        if _needs_csrf(response):
+            return None
+        if response.status_code != 503:
+            return response
+        if wait is not None:
+            await asyncio.sleep(wait * random.uniform(0.8, 1.2))
+    return None
+
+
+async def arequest(client: PrefectClient, method: str, path: str, body: Any) -> httpx.Response:
+    """`request` with Prefect's async client."""
+    response = await asend(client, method, path, body)
+    if response is None:
+        return await client.request(method, path, json=body)  # type: ignore[arg-type]
+    return PrefectResponse.from_httpx_response(response).raise_for_status()
+
+
+async def awrite_labels(client: PrefectClient, run_id: UUID, labels: dict[str, Any]) -> None:
+    """`write_labels` with Prefect's async client."""
+    await arequest(client, "PATCH", f"/flow_runs/{run_id}/labels", labels)

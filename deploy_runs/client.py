@@ -32,6 +32,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from blocks.application import Application, check_ref
 from deploy_runs import history
+from deploy_runs.api import awrite_labels
 from deploy_runs.concurrency import ACTIVE_SORT, active_filter, busy_message
 from deploy_runs.controls import CONTROL_LABEL, PAUSE, STOP, requested
 from deploy_runs.errors import AppBusy, AppNotFound, ConfigError, InvalidControl, RunNotFound, WaitTimeout
@@ -190,7 +191,7 @@ class AsyncDeployRuns:
             if run.status is not RunStatus.PAUSED and requested(flow_run) != PAUSE:
                 if requested(flow_run) == STOP:
                     raise InvalidControl(f"cannot pause run {run.id}: it is being stopped")
-                await client.update_flow_run_labels(flow_run.id, {CONTROL_LABEL: PAUSE})
+                await awrite_labels(client, flow_run.id, {CONTROL_LABEL: PAUSE})
             return await self.get_run(flow_run.id)
 
     async def resume(self, run_id: UUID | str) -> Run:
@@ -201,10 +202,10 @@ class AsyncDeployRuns:
             flow_run, run = await self._current(client, run_id)
             if run.status is RunStatus.PAUSED:
                 if requested(flow_run) == PAUSE:
-                    await client.update_flow_run_labels(flow_run.id, {CONTROL_LABEL: ""})
+                    await awrite_labels(client, flow_run.id, {CONTROL_LABEL: ""})
                 await client.resume_flow_run(flow_run.id)
             elif not run.status.is_final and requested(flow_run) == PAUSE:
-                await client.update_flow_run_labels(flow_run.id, {CONTROL_LABEL: ""})
+                await awrite_labels(client, flow_run.id, {CONTROL_LABEL: ""})
             else:
                 raise InvalidControl(f"cannot resume run {run.id}: it is {run.status}, "
                                      "not Paused")
@@ -218,7 +219,7 @@ class AsyncDeployRuns:
             if run.status.is_final:
                 raise InvalidControl(f"cannot stop run {run.id}: it has already ended "
                                      f"({run.status})")
-            await client.update_flow_run_labels(flow_run.id, {CONTROL_LABEL: STOP})
+            await awrite_labels(client, flow_run.id, {CONTROL_LABEL: STOP})
             state = flow_run.state
             waiting = state is None or (state.type in (StateType.SCHEDULED, StateType.PENDING)
                                         and state.name != "Resuming")

@@ -10,14 +10,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from uuid import uuid4
 
 import pytest
-from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 
-from deploy_runs.api import FIRST_WAIT, LONGEST_WAIT, send, waits, write_labels
+from deploy_runs.api import (
+    FIRST_WAIT,
+    LONGEST_WAIT,
+    asend,
+    awrite_labels,
+    send,
+    waits,
+    write_labels,
+)
 
 
 class Store:
     def __init__(self, busy_answers: int) -> None:
         self.busy_answers = busy_answers
+        self.csrf = False  # answer as a server with CSRF protection does to a bare request
         self.requests: list[tuple[str, str, object]] = []
         self.url = ""
 
@@ -31,8 +40,12 @@ def store() -> Iterator[Store]:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             state.requests.append(("PATCH", self.path, body))
             busy = len(state.requests) <= state.busy_answers
-            self.send_response(503 if busy else 204)
-            payload = b'{"exception_message": "Service Unavailable"}' if busy else b""
+            if state.csrf:
+                self.send_response(403)
+                payload = b'{"detail": "Missing CSRF token."}'
+            else:
+                self.send_response(503 if busy else 204)
+                payload = b'{"exception_message": "Service Unavailable"}' if busy else b""
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -78,3 +91,43 @@ def test_write_labels_sends_each_label_once_when_the_store_is_free(store):
     write_labels(client, run_id, {"deploy-runs.commit": "abc"})
     assert store.requests == [("PATCH", f"/api/flow_runs/{run_id}/labels",
                                {"deploy-runs.commit": "abc"})]
+
+
+async def _async_writes(url: str, run_id) -> None:
+    async with PrefectClient(url) as client:
+        await awrite_labels(client, run_id, {"deploy-runs.control": "stop"})
+
+
+def test_the_async_client_also_sends_again_at_once_while_the_store_is_busy(store):
+    import asyncio
+
+    store.busy_answers = 2
+    run_id = uuid4()
+    asyncio.run(_async_writes(store.url, run_id))
+    assert store.requests == [("PATCH", f"/api/flow_runs/{run_id}/labels",
+                               {"deploy-runs.control": "stop"})] * 3
+
+
+def test_the_async_client_leaves_a_store_that_stays_busy_to_prefect(store):
+    import asyncio
+
+    async def attempt():
+        async with PrefectClient(store.url) as client:
+            return await asend(client, "PATCH", "/flow_runs/x/labels", {}, patience=0.1)
+
+    store.busy_answers = 10**6
+    assert asyncio.run(attempt()) is None
+    assert len(store.requests) == len(waits(0.1)) + 1
+
+
+def test_a_server_asking_for_a_csrf_token_is_left_to_prefects_client(store):
+    import asyncio
+
+    async def attempt():
+        async with PrefectClient(store.url) as client:
+            return await asend(client, "PATCH", "/flow_runs/x/labels", {})
+
+    store.csrf = True
+    assert send(SyncPrefectClient(store.url), "PATCH", "/flow_runs/x/labels", {}) is None
+    assert asyncio.run(attempt()) is None
+    assert len(store.requests) == 2  # one attempt each, no busy-store retries
