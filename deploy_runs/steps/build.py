@@ -41,9 +41,12 @@ def _stdout(host: RemoteHost, command: c.Command, log: StepLog, check: bool = Tr
 
 
 def existing_images(host: RemoteHost, tags: list[str], log: StepLog) -> set[str]:
-    """Which of `tags` the server's engine has."""
-    sink = CollectingSink(log)
-    result = host.run(c.docker_image_tags(tags), sink, timeout=TIMEOUT, check=False)
+    """Which of `tags` the server's engine has. The engine's "No such image" answers for the
+    others are expected and kept out of the step's log (the step says what it builds)."""
+    command = c.docker_image_tags(tags)
+    log.command(str(command))
+    sink = CollectingSink()
+    result = host.run(command, sink, timeout=TIMEOUT, check=False, quiet=True)
     trouble = [text for stream, text in sink.lines
                if stream == "stderr" and "no such image" not in text.lower()]
     if result.exit_code != 0 and trouble:
