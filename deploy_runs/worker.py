@@ -10,9 +10,12 @@ subprocess, without the start-up. Everything else is Prefect's process worker: p
 concurrency, cancellation and crash reporting (the run's process is registered with Prefect's
 process manager and control channel as usual).
 
-Serves `process` work pools (`deploy-runs worker --pool NAME`). A pool whose job template sets
-its own `command` is served the stock way. The preloaded code is what was installed when the
-worker started: restart the worker after upgrading deploy-runs (as with any long-lived process).
+Serves `process` work pools (`deploy-runs worker --pool NAME`). Served the stock way: runs of
+deployments whose flow is not in a preloaded module by module path, pools whose job template
+sets its own `command`, and jobs whose env sets what only a new interpreter reads (`PYTHON*`,
+`LD_*`, `TZ`). A warm run's output goes to the worker's own output (the job's `stream_output`
+is not consulted). The preloaded code is what was installed when the worker started: restart
+the worker after upgrading deploy-runs (as with any long-lived process).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import anyio
 import anyio.abc
 from prefect.flows import load_flow_from_flow_run
 from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
-from prefect.runner._process_manager import ProcessHandle
+from prefect.runner._process_manager import ProcessHandle, create_isolated_termination_scope
 from prefect.settings import get_current_settings
 from prefect.utilities.processutils import sanitize_subprocess_env
 from prefect.workers.process import (
@@ -76,14 +79,20 @@ def _nothing() -> None:
 def run_engine(env: dict[str, str], cwd: str) -> None:
     """A run's process (forked from the fork server): take the run's environment, then run
     Prefect's engine entry point as `python -m prefect.engine` would."""
+    # Its own process group, as Prefect gives a run's process: cancelling the run signals the
+    # group, and a signal to the worker's group does not reach the run directly.
+    os.setsid()
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
     from prefect.context import refresh_global_settings_context
+    from prefect.logging.configuration import setup_logging
 
     # Settings read in other threads (log and event shipping) come from the global context,
-    # made at import time in the fork server: rebuild it from this run's environment.
+    # and logging was configured, at import time in the fork server: redo both from this
+    # run's environment.
     refresh_global_settings_context()
+    setup_logging(incremental=False)
     sys.argv = sys.argv[:1]  # the engine reads the run id from PREFECT__FLOW_RUN_ID
     try:
         with warnings.catch_warnings():
@@ -135,14 +144,35 @@ class WarmStarter:
             process = fork_context().Process(
                 target=run_engine, args=(self.environment(flow_run, control), str(self._cwd)),
                 name=f"flow-run-{flow_run.id}")
-            await anyio.to_thread.run_sync(process.start)
-            task_status.started(ProcessHandle(process))
+            # Started and waited for on the event loop's thread: multiprocessing's bookkeeping
+            # of children is not thread-safe (a start in one thread may read the exit status
+            # another thread waits for), and a wait on the sentinel can be cancelled when the
+            # worker shuts down (a thread joining the process could not).
+            process.start()  # a few ms: the fork server forks
+            task_status.started(ProcessHandle(
+                process, termination_scope=create_isolated_termination_scope(process.pid)))
             handed_off = True
-            await anyio.to_thread.run_sync(process.join)
+            await anyio.wait_readable(process.sentinel)
+            process.join()
         except BaseException:
             if registered and not handed_off and self._control_channel is not None:
                 self._control_channel.unregister(flow_run.id)
             raise
+
+
+def preloaded_entrypoint(entrypoint: str | None) -> bool:
+    """Whether a deployment's entrypoint is a flow in a preloaded module, by module path
+    (`flows.deploy.deploy_app` or `flows.deploy:deploy_app`; a file path is loaded from a
+    workspace Prefect prepares, so it is not)."""
+    if not entrypoint or "/" in entrypoint or entrypoint.endswith(".py") or ".py:" in entrypoint:
+        return False
+    module = entrypoint.split(":", 1)[0] if ":" in entrypoint else entrypoint.rpartition(".")[0]
+    return module in PRELOAD
+
+
+def _read_at_start(name: str) -> bool:
+    """Environment the interpreter (or the C library) reads only when a process starts."""
+    return name.startswith(("PYTHON", "LD_")) or name == "TZ"
 
 
 class WarmProcessWorker(ProcessWorker):
@@ -158,13 +188,26 @@ class WarmProcessWorker(ProcessWorker):
         # Prefect's registry maps a key to one worker class: keep "process" for Prefect's own
         return "deploy-runs-warm-process"
 
+    async def warm_start_applies(self, flow_run: FlowRun,
+                                 configuration: ProcessJobConfiguration) -> bool:
+        """Warm only what a warm process runs exactly as a new one would: a deployment whose
+        flow is imported by module path from a preloaded module, a pool without its own
+        command, and a job environment that changes nothing read only at interpreter start."""
+        if configuration._command_configured or not flow_run.deployment_id:
+            return False
+        if any(_read_at_start(k) and v != os.environ.get(k)
+               for k, v in (configuration.env or {}).items()):
+            return False
+        deployment = await self.client.read_deployment(flow_run.deployment_id)
+        return preloaded_entrypoint(deployment.entrypoint)
+
     async def setup(self) -> None:
         await super().setup()
         await anyio.to_thread.run_sync(warm_up)
 
     async def run(self, flow_run: FlowRun, configuration: ProcessJobConfiguration,
                   task_status: anyio.abc.TaskStatus[int] | None = None) -> ProcessWorkerResult:
-        if configuration._command_configured:  # the pool chose its own command
+        if not await self.warm_start_applies(flow_run, configuration):
             return await super().run(flow_run, configuration, task_status)
         task_status = task_status or anyio.TASK_STATUS_IGNORED
         working_dir = (tempfile.TemporaryDirectory(suffix="prefect")

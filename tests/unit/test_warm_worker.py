@@ -44,3 +44,20 @@ def test_the_worker_serves_process_pools_without_replacing_prefects_process_work
     assert WarmProcessWorker.type == "process"
     assert lookup_type(BaseWorker, "process") is ProcessWorker
     assert "flows.deploy" in PRELOAD
+
+
+def test_only_flows_of_preloaded_modules_by_module_path_start_warm():
+    from deploy_runs.worker import preloaded_entrypoint
+
+    assert preloaded_entrypoint("flows.deploy.deploy_app")
+    assert preloaded_entrypoint("flows.deploy:deploy_app")
+    assert not preloaded_entrypoint("flows/deploy.py:deploy_app")  # loaded from a workspace
+    assert not preloaded_entrypoint("other_package.flows.main")
+    assert not preloaded_entrypoint(None)
+
+
+def test_job_env_read_only_at_interpreter_start_sends_the_run_the_stock_way():
+    from deploy_runs.worker import _read_at_start
+
+    assert _read_at_start("PYTHONPATH") and _read_at_start("LD_PRELOAD") and _read_at_start("TZ")
+    assert not _read_at_start("PREFECT_API_URL") and not _read_at_start("APP_MODE")
