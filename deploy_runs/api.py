@@ -9,7 +9,8 @@ read-then-write transactions, and a run writes its facts as labels; those, and t
 for the app's concurrency slot, are sent again after 20 ms, 40 ms, ... up to `PATIENCE`
 seconds. Any other answer is read as Prefect's client reads it (an error raises); a store
 that stays busy, or a server that asks for a CSRF token, is left to Prefect's own client (its
-retries, its token). The run controls (Pause/Resume/Stop requests) use the async twins.
+retries, its token). The async twins serve the Python API: a deploy request's flow run
+(created with an idempotency key) and the run controls' (Pause/Resume/Stop) labels.
 """
 
 from __future__ import annotations
