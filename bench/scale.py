@@ -161,6 +161,16 @@ def measure(database: str, sizes: list[int], info, warm: bool,
     return rows
 
 
+def ratios(title: str, tops: list | None, bottoms: list | None, keys: tuple[str, str]) -> None:
+    """Per N, the two figures `keys` of one setup over the other's."""
+    if not (tops and bottoms):
+        return
+    print(f"\nratio {title} ({keys[0]}; {keys[1]}):")
+    for (n, a), (_, b) in zip(tops, bottoms, strict=True):
+        if all(b[k] for k in keys):
+            print(f"  N={n}: " + "; ".join(f"{a[k] / b[k]:.2f}" for k in keys))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1,5,20")
@@ -208,21 +218,11 @@ def main() -> None:
         for n, row in rows:
             print(f"{db:<11}{kind:<7}{n:>4}" + "".join(f"{row[h]:>18.2f}" for h in header))
     for kind in args.workers.split(","):
-        pg, lite = results.get(("postgresql", kind)), results.get(("sqlite", kind))
-        if pg and lite:
-            print(f"\nratio PostgreSQL / SQLite, {kind} workers (runs/min; trigger median):")
-            for (n, a), (_, b) in zip(pg, lite, strict=True):
-                if a["runs/min"] and b["runs/min"]:
-                    print(f"  N={n}: {a['runs/min'] / b['runs/min']:.2f}; "
-                          f"{a['trigger median s'] / b['trigger median s']:.2f}")
+        ratios(f"PostgreSQL / SQLite, {kind} workers", results.get(("postgresql", kind)),
+               results.get(("sqlite", kind)), ("runs/min", "trigger median s"))
     for db in args.databases.split(","):
-        warm, stock = results.get((db, "warm")), results.get((db, "stock"))
-        if warm and stock:
-            print(f"\nratio warm / stock worker, {db} (trigger median; runs/min):")
-            for (n, a), (_, b) in zip(warm, stock, strict=True):
-                if a["trigger median s"] and b["trigger median s"]:
-                    print(f"  N={n}: {a['trigger median s'] / b['trigger median s']:.2f}; "
-                          f"{a['runs/min'] / b['runs/min']:.2f}")
+        ratios(f"warm / stock worker, {db}", results.get((db, "warm")),
+               results.get((db, "stock")), ("trigger median s", "runs/min"))
     print("anchor: Prefect's default worker polling alone adds 7.5-9 s to a run's start; "
           "goal: trigger median under 2 s")
 

@@ -49,17 +49,17 @@ def send(client: SyncPrefectClient, method: str, path: str, body: Any,
     for wait in [*waits(patience), None]:
         # httpx's own send: one attempt, without Prefect's retry loop
         response = httpx.Client.send(http, http.build_request(method, path, json=body))
-        if _needs_csrf(response):
-            return None  # a server with CSRF protection: Prefect's client fetches the token
         if response.status_code != 503:
-            return response
+            return _answer(response)
         if wait is not None:
             time.sleep(wait * random.uniform(0.8, 1.2))
     return None
 
 
-def _needs_csrf(response: httpx.Response) -> bool:
-    return response.status_code == 403 and b"CSRF" in response.content
+def _answer(response: httpx.Response) -> httpx.Response | None:
+    """A settled answer; None for a server with CSRF protection (direct sends carry no token:
+    Prefect's client fetches one)."""
+    return None if response.status_code == 403 and b"CSRF" in response.content else response
 
 
 def request(client: SyncPrefectClient, method: str, path: str, body: Any) -> httpx.Response:
@@ -86,10 +86,8 @@ async def asend(client: PrefectClient, method: str, path: str, body: Any,
         return None
     for wait in [*waits(patience), None]:
         response = await httpx.AsyncClient.send(http, http.build_request(method, path, json=body))
-        if _needs_csrf(response):
-            return None
         if response.status_code != 503:
-            return response
+            return _answer(response)
         if wait is not None:
             await asyncio.sleep(wait * random.uniform(0.8, 1.2))
     return None

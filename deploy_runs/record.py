@@ -167,8 +167,7 @@ class RunRecorder:
             client.create_flow_run_input(self.run_id, key=FAILURE_KEY,
                                          value=failure.model_dump_json())
             if failure.signature:
-                write_labels(client,
-                    self.run_id, {fact_label("failure"): failure.signature})
+                write_labels(client, self.run_id, {fact_label("failure"): failure.signature})
                 client.create_logs([LogCreate(
                     name=FAILURE_LOGGER, level=FAILURE_LEVEL, timestamp=datetime.now(UTC),
                     flow_run_id=self.run_id, message=failure_index_line(app, failure))])

@@ -45,9 +45,11 @@ from prefect.workers.process import (
     ProcessWorker,
     ProcessWorkerResult,
 )
+from pydantic import PrivateAttr
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.responses import DeploymentResponse
     from prefect.runner._control_channel import ControlChannel
 
 # Imported once by the fork server; each run's process starts with them in memory.
@@ -125,7 +127,7 @@ class WarmStarter:
             "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS": "false",
             **control,
         })
-        return {k: v for k, v in sanitize_subprocess_env(env).items() if v is not None}
+        return sanitize_subprocess_env(env)  # drops None-valued variables
 
     async def start(self, flow_run: FlowRun,
                     task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED,
@@ -175,10 +177,23 @@ def _read_at_start(name: str) -> bool:
     return name.startswith(("PYTHON", "LD_")) or name == "TZ"
 
 
+class WarmJobConfiguration(ProcessJobConfiguration):
+    """A process job that remembers its deployment's entrypoint (Prefect hands the deployment
+    to the configuration as it prepares the job: no second read of it per run)."""
+
+    _entrypoint: str | None = PrivateAttr(default=None)
+
+    def prepare_for_flow_run(self, flow_run: FlowRun, deployment: DeploymentResponse | None = None,
+                             *args: Any, **kwargs: Any) -> None:
+        self._entrypoint = deployment.entrypoint if deployment is not None else None
+        super().prepare_for_flow_run(flow_run, deployment, *args, **kwargs)
+
+
 class WarmProcessWorker(ProcessWorker):
     """Prefect's process worker, with flow-run processes forked warm (see the module)."""
 
     type = "process"  # serves process work pools
+    job_configuration = WarmJobConfiguration
     _display_name = "Process (warm start)"
     _description = "Process worker whose flow-run processes are forked with Prefect and the " \
                    "deploy flow already imported."
@@ -188,18 +203,17 @@ class WarmProcessWorker(ProcessWorker):
         # Prefect's registry maps a key to one worker class: keep "process" for Prefect's own
         return "deploy-runs-warm-process"
 
-    async def warm_start_applies(self, flow_run: FlowRun,
-                                 configuration: ProcessJobConfiguration) -> bool:
+    @staticmethod
+    def warm_start_applies(configuration: ProcessJobConfiguration) -> bool:
         """Warm only what a warm process runs exactly as a new one would: a deployment whose
         flow is imported by module path from a preloaded module, a pool without its own
         command, and a job environment that changes nothing read only at interpreter start."""
-        if configuration._command_configured or not flow_run.deployment_id:
+        if configuration._command_configured:
             return False
         if any(_read_at_start(k) and v != os.environ.get(k)
                for k, v in (configuration.env or {}).items()):
             return False
-        deployment = await self.client.read_deployment(flow_run.deployment_id)
-        return preloaded_entrypoint(deployment.entrypoint)
+        return preloaded_entrypoint(getattr(configuration, "_entrypoint", None))
 
     async def setup(self) -> None:
         await super().setup()
@@ -207,7 +221,7 @@ class WarmProcessWorker(ProcessWorker):
 
     async def run(self, flow_run: FlowRun, configuration: ProcessJobConfiguration,
                   task_status: anyio.abc.TaskStatus[int] | None = None) -> ProcessWorkerResult:
-        if not await self.warm_start_applies(flow_run, configuration):
+        if not self.warm_start_applies(configuration):
             return await super().run(flow_run, configuration, task_status)
         task_status = task_status or anyio.TASK_STATUS_IGNORED
         working_dir = (tempfile.TemporaryDirectory(suffix="prefect")

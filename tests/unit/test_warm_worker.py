@@ -61,3 +61,21 @@ def test_job_env_read_only_at_interpreter_start_sends_the_run_the_stock_way():
 
     assert _read_at_start("PYTHONPATH") and _read_at_start("LD_PRELOAD") and _read_at_start("TZ")
     assert not _read_at_start("PREFECT_API_URL") and not _read_at_start("APP_MODE")
+
+
+def test_the_job_remembers_its_deployment_entrypoint_and_warm_start_follows_it():
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.responses import DeploymentResponse
+
+    from deploy_runs.worker import WarmJobConfiguration
+
+    def job(entrypoint: str, env: dict[str, str] | None = None) -> WarmJobConfiguration:
+        configuration = WarmJobConfiguration(env=env or {})
+        deployment = DeploymentResponse(name="d", flow_id=uuid4(), entrypoint=entrypoint)
+        configuration.prepare_for_flow_run(FlowRun(flow_id=deployment.flow_id), deployment)
+        return configuration
+
+    assert WarmProcessWorker.warm_start_applies(job("flows.deploy.deploy_app"))
+    assert not WarmProcessWorker.warm_start_applies(job("flows/deploy.py:deploy_app"))
+    assert not WarmProcessWorker.warm_start_applies(
+        job("flows.deploy.deploy_app", {"PYTHONPATH": "/elsewhere"}))
