@@ -17,6 +17,7 @@ What keeps every line intact through Prefect's log pipeline:
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -105,8 +106,17 @@ def wait_for_log_backlog(limit: int = MAX_BACKLOG, patience: float = BACKLOG_PAT
 
 def flush_step_logs(timeout: float = 120.0) -> None:
     """Block until every log record queued so far has reached the Prefect API, so a step is
-    seen finished only once all of its lines can be read."""
-    APILogWorker.drain_all(timeout=timeout)
+    seen finished only once all of its lines can be read.
+
+    Drains Prefect's log workers only. `APILogWorker.drain_all` would stop every queue
+    service of the process (they share one registry), the events worker that carries task-run
+    states too, and each would be started again at the step's next event (measured: ~60 ms a
+    step, a quarter of a no-change redeploy's step time)."""
+    with APILogWorker._instance_lock:
+        workers = [w for w in list(APILogWorker._instances.values())
+                   if isinstance(w, APILogWorker)]
+        futures = [worker._drain() for worker in workers]
+    concurrent.futures.wait(futures, timeout=timeout)
 
 
 class StepLog:

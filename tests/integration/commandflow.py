@@ -5,8 +5,12 @@ named like a deploy step. Used where a docker build cannot produce the output un
 
 from __future__ import annotations
 
-from prefect import flow, tags, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+from prefect.context import get_run_context
+from prefect.events.worker import EventsWorker
 
 from blocks import SSHServer
 from deploy_runs.commands import cmd
@@ -39,3 +43,22 @@ def run_log_cases(app: str, scripts: list[str], server: str = "sandbox-local"):
     """Run the scripts; returns the flow run's final state (its id is the run id)."""
     with tags("deploy-runs", f"app:{app}"):
         return log_cases(app=app, server=server, scripts=scripts, return_state=True)
+
+
+@task(name=STEP, task_run_name=STEP, cache_policy=NO_CACHE, persist_result=False)
+def log_then_flush(marker: str) -> dict[str, bool]:
+    """Log `marker`, flush the step's log; then: can the API read it, and did the events
+    worker (which carries the task-run states) keep running through the flush?"""
+    get_run_logger().info(marker)
+    events = [w for w in list(EventsWorker._instances.values()) if isinstance(w, EventsWorker)]
+    flush_step_logs()
+    task_run_id = get_run_context().task_run.id
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id])))
+    return {"readable": any(log.message == marker for log in logs),
+            "events_worker_running": bool(events) and not any(w._stopped for w in events)}
+
+
+@flow(name="log-flush", persist_result=False)
+def log_flush(marker: str) -> dict[str, bool]:
+    return log_then_flush(marker)

@@ -22,7 +22,7 @@ from deploy_runs import RunStatus, StepStatus
 from deploy_runs.diagnosis import diagnose
 from deploy_runs.steplog import MAX_BACKLOG, log_backlog
 
-from .commandflow import run_log_cases
+from .commandflow import log_flush, run_log_cases
 from .conftest import wait_for
 
 pytestmark = pytest.mark.timeout(600)
@@ -48,6 +48,13 @@ def run_id_of(state):
 def lines_of(client, run_id, stream=None, step="Build images"):
     return [line for line in client.logs(run_id, step=step)
             if stream is None or line.stream == stream]
+
+
+def test_a_step_flush_delivers_its_lines_and_leaves_the_events_worker_running(client):
+    # Prefect's drain_all would stop every queue service of the process: the events worker
+    # would be torn down and started again at each step (~60 ms a step, measured)
+    marker = f"flush-marker-{uuid.uuid4().hex}"
+    assert log_flush(marker) == {"readable": True, "events_worker_running": True}
 
 
 def test_a_step_printing_100000_lines_keeps_every_line_in_order(client, make_app):
