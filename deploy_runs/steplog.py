@@ -11,16 +11,22 @@ What keeps every line intact through Prefect's log pipeline:
 - record times are made strictly increasing within a process, so sorting by time (all the log
   API offers) gives back the order in which lines were printed;
 - a step ends only after its records reached the API (`flush_step_logs`);
+- a step's records (its output, its messages, Prefect's task-run messages) go through
+  `StepLogWorker`, Prefect's log worker with a flush that does not stop it. Prefect's
+  `drain_all` stops the worker (and every other queue service of the process), so each step
+  paid for a new worker: an API client (its TLS context is built even for http://), a CSRF
+  token request, and a wait (~0.2 s of CPU per no-change redeploy of `shop`, measured);
 - output that arrives faster than the API takes it waits on the server (back-pressure), not
   in the worker's memory.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
+import queue
 import threading
 import time
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.logging.handlers import APILogHandler, APILogWorker
@@ -57,41 +63,166 @@ class _StrictlyIncreasingTime(logging.Filter):
         return True
 
 
+_FLUSH = bytearray()  # a flush request in the worker's queue (by identity; never sent)
+
+
+class StepLogWorker(APILogWorker):
+    """Prefect's log worker (same API client, batching, request and error handling), which
+    can be told to send its batch now and waited on until it has sent every record queued so
+    far, without being stopped.
+
+    Prefect's flow-run ending drains it with every other queue service (one registry)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._progress = threading.Condition()
+        self._queued = 0
+        self._handled = 0
+        self._ended = False
+
+    def send(self, item: dict[str, Any] | bytes) -> None:
+        with self._progress:
+            self._queued += 1
+        try:
+            super().send(item)
+        except BaseException:
+            with self._progress:
+                self._queued -= 1
+            raise
+
+    async def _main_loop(self) -> None:
+        try:
+            await self._send_batches()
+        finally:
+            with self._progress:
+                self._ended = True
+                self._progress.notify_all()
+
+    async def _send_batches(self) -> None:
+        """Prefect's batching (a batch is sent `min_interval` after its first record, or when
+        full), but a flush request sends the batch at once."""
+        stopping = False
+        while not stopping:
+            item = await self._get_item()  # waits for the first record
+            batch: list[bytes] = []
+            size = 0
+            deadline = time.monotonic() + (self.min_interval or 0.0)
+            while True:
+                if item is None:
+                    stopping = True
+                    break
+                if item is _FLUSH:
+                    break
+                batch.append(item)
+                size += self._get_size(item)
+                left = deadline - time.monotonic()
+                if size >= self.max_batch_size or left <= 0:
+                    break
+                try:
+                    item = await self._get_item(timeout=left)
+                except queue.Empty:
+                    break
+            if not batch:
+                continue
+            try:
+                await self._handle_batch(batch)  # reports its own errors, as Prefect's does
+            finally:
+                with self._progress:
+                    self._handled += len(batch)
+                    self._progress.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Send the current batch now and wait until every record queued before this call has
+        been sent (or the worker has ended: Prefect drained it, or it could not start); False
+        if `timeout` passed first."""
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            target = self._queued
+            if self._handled >= target:
+                return True
+        with self._lock:
+            if not self._stopped:
+                self._queue.put_nowait(_FLUSH)
+        with self._progress:
+            while self._handled < target and not self._ended and not self._start_failed():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._progress.wait(min(left, 0.5))
+        return True
+
+    def _start_failed(self) -> bool:
+        done = self._done_event  # set when the service ended, also when its start failed
+        return done is not None and done.is_set()
+
+    @classmethod
+    def all(cls) -> list[StepLogWorker]:
+        with cls._instance_cache_lock:
+            return [w for w in cls._instances.values() if isinstance(w, cls)]
+
+
+class StepLogHandler(APILogHandler):
+    """Prefect's API log handler, sending through `StepLogWorker`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from prefect.context import get_settings_context
+
+            if not get_settings_context().settings.logging.to_api.enabled:
+                return
+            if not getattr(record, "send_to_api", True):
+                return
+            StepLogWorker.instance().send(self.prepare(record))
+        except Exception:
+            self.handleError(record)
+
+
 _ORDER = _StrictlyIncreasingTime()
 _OUTPUT_LOGGERS = (COMMAND_LOGGER, *STREAM_LOGGERS.values(),
                    *(name + PART_SUFFIX for name in STREAM_LOGGERS.values()))
-_wired = False
+_wiring = threading.Lock()
 
 
 def _wire_output_loggers() -> None:
-    """Output lines go to the Prefect API only: printing each of them on the flow process's
-    console too (Prefect's rich console handler) costs about a millisecond a line, which caps
-    a step at ~1,000 lines/s. Step-level messages still reach the console."""
-    global _wired
-    if _wired:
-        return
-    api_handlers = [h for h in logging.getLogger("prefect.task_runs").handlers
-                    if isinstance(h, APILogHandler)]
-    for name in _OUTPUT_LOGGERS:
-        logger = logging.getLogger(name)
-        logger.addFilter(_ORDER)
-        logger.propagate = False
-        logger.setLevel(logging.INFO)
-        for handler in api_handlers:
-            if handler not in logger.handlers:
-                logger.addHandler(handler)
-    _wired = True
+    """Task-run records (a step's) go to the API through `StepLogWorker`, in place of
+    Prefect's handler on `prefect.task_runs` (checked at every step: Prefect may set its
+    logging up again). Output lines go to the API only: printing each of them on the flow
+    process's console too (Prefect's rich console handler) costs about a millisecond a line,
+    which caps a step at ~1,000 lines/s. Step-level messages still reach the console."""
+    task_runs = logging.getLogger("prefect.task_runs")
+    with _wiring:
+        prefects = [h for h in task_runs.handlers
+                    if isinstance(h, APILogHandler) and not isinstance(h, StepLogHandler)]
+        ours = [h for h in task_runs.handlers if isinstance(h, StepLogHandler)]
+        if prefects:  # Prefect's logging config sends task-run records to the API
+            handler = ours[0] if ours else StepLogHandler()
+            handler.setLevel(prefects[0].level)
+            handler.setFormatter(prefects[0].formatter)
+            for old in prefects:
+                task_runs.removeHandler(old)
+            if not ours:
+                task_runs.addHandler(handler)
+            ours = [handler]
+        for name in _OUTPUT_LOGGERS:
+            logger = logging.getLogger(name)
+            if _ORDER not in logger.filters:
+                logger.addFilter(_ORDER)
+            logger.propagate = False
+            logger.setLevel(logging.INFO)
+            for handler in ours:
+                if handler not in logger.handlers:
+                    logger.addHandler(handler)
 
 
 def log_backlog() -> int:
     """Log records queued in this process and not yet sent to the Prefect API."""
-    # Prefect keeps one log worker per API (its instance key includes settings); its queue
-    # is private, so read it defensively: no queue found means no back-pressure, not an error
+    # the queue is the worker's (Prefect's) private attribute: read it defensively, no
+    # queue found means no back-pressure, not an error
     total = 0
-    for worker in list(APILogWorker._instances.values()):
-        queue = getattr(worker, "_queue", None) if isinstance(worker, APILogWorker) else None
-        if queue is not None:
-            total += queue.qsize()
+    for worker in StepLogWorker.all():
+        pending = getattr(worker, "_queue", None)
+        if pending is not None:
+            total += pending.qsize()
     return total
 
 
@@ -106,17 +237,10 @@ def wait_for_log_backlog(limit: int = MAX_BACKLOG, patience: float = BACKLOG_PAT
 
 def flush_step_logs(timeout: float = 120.0) -> None:
     """Block until every log record queued so far has reached the Prefect API, so a step is
-    seen finished only once all of its lines can be read.
-
-    Drains Prefect's log workers only. `APILogWorker.drain_all` would stop every queue
-    service of the process (they share one registry), the events worker that carries task-run
-    states too, and each would be started again at the step's next event (measured: ~60 ms a
-    step, a quarter of a no-change redeploy's step time)."""
-    with APILogWorker._instance_lock:
-        workers = [w for w in list(APILogWorker._instances.values())
-                   if isinstance(w, APILogWorker)]
-        futures = [worker._drain() for worker in workers]
-    concurrent.futures.wait(futures, timeout=timeout)
+    seen finished only once all of its lines can be read. The worker keeps running."""
+    deadline = time.monotonic() + timeout
+    for worker in StepLogWorker.all():
+        worker.flush(max(0.0, deadline - time.monotonic()))
 
 
 class StepLog:

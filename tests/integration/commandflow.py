@@ -5,7 +5,7 @@ named like a deploy step. Used where a docker build cannot produce the output un
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, tags, task
+from prefect import flow, tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
@@ -49,7 +49,7 @@ def run_log_cases(app: str, scripts: list[str], server: str = "sandbox-local"):
 def log_then_flush(marker: str) -> dict[str, bool]:
     """Log `marker`, flush the step's log; then: can the API read it, and did the events
     worker (which carries the task-run states) keep running through the flush?"""
-    get_run_logger().info(marker)
+    StepLog().info(marker)
     events = [w for w in list(EventsWorker._instances.values()) if isinstance(w, EventsWorker)]
     flush_step_logs()
     task_run_id = get_run_context().task_run.id
