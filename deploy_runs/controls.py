@@ -20,6 +20,7 @@ Reading the flow run gives both the request (labels) and the state in one API ca
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -159,7 +160,10 @@ class StopWatcher:
         self.stopped: str | None = None
         self._active = threading.Event()
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="deploy-runs-stop-watcher",
+        # in the run's context: it reads the API the run uses (Prefect's settings are a
+        # context variable; a bare thread would read the process's defaults)
+        self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                        args=(self._watch,), name="deploy-runs-stop-watcher",
                                         daemon=True)
 
     def __enter__(self) -> StopWatcher:
