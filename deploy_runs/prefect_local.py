@@ -161,7 +161,8 @@ def start_server(port: int = DEFAULT_PORT, state: Path | None = None,
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     env.pop("PREFECT_API_URL", None)
-    _start("server", [sys.executable, "-m", "prefect", "server", "start",
+    # Prefect's server, with busy SQLite writes retried in the server (deploy_runs/server.py)
+    _start("server", [sys.executable, "-m", "deploy_runs.server",
                       "--host", "127.0.0.1", "--port", str(port)], env, state)
     deadline = time.monotonic() + timeout
     while not healthy(url):

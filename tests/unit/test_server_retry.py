@@ -1,0 +1,121 @@
+"""The local server's retry of busy-store answers (deploy_runs/server.py), on plain ASGI apps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from deploy_runs.server import BUSY_BODY, RetryWhenBusy, waits
+
+BUSY = json.dumps(BUSY_BODY).encode()
+
+
+def call(app, body: bytes = b'{"x": 1}', scope_type: str = "http", path: str = "/api/runs/"):
+    """Send one request through `app`; (messages sent to the client, scope after)."""
+    scope = {"type": scope_type, "path": path, "root_path": "", "state": {}}
+    chunks = [body[:3], body[3:]]
+    sent: list[dict] = []
+
+    async def receive():
+        if chunks:
+            chunk = chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent, scope
+
+
+def answer(status: int, body: bytes, headers=()):
+    return [{"type": "http.response.start", "status": status, "headers": list(headers)},
+            {"type": "http.response.body", "body": body}]
+
+
+class Scripted:
+    """An app that answers from a script, records what each attempt saw, and writes into its
+    scope as routing does."""
+
+    def __init__(self, *answers, raise_after_busy: bool = False) -> None:
+        self.answers = list(answers)
+        self.seen: list[tuple[str, str, bytes]] = []
+        self.raise_after_busy = raise_after_busy
+
+    async def __call__(self, scope, receive, send):
+        message = await receive()
+        self.seen.append((scope["path"], scope["root_path"], message["body"]))
+        scope["root_path"] = "/api"  # as a Starlette Mount does
+        scope["state"]["touched"] = True
+        status, body, headers = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        for part in answer(status, body, headers):
+            await send(part)
+        if self.raise_after_busy and status == 503:
+            raise RuntimeError("database is locked")  # Starlette raises again after answering
+
+
+def test_waits_double_up_to_the_longest_and_fit_the_patience():
+    assert waits(0.2)[:3] == [0.01, 0.02, 0.04]
+    assert sum(waits(5.0)) <= 5.0 and max(waits(5.0)) == 0.25
+
+
+def test_a_busy_answer_is_retried_until_the_app_answers_otherwise():
+    app = Scripted((503, BUSY, []), (503, BUSY, []), (201, b'{"id": 7}', []))
+    sent, scope = call(RetryWhenBusy(app))
+    assert [m.get("status") for m in sent] == [201, None]
+    assert sent[1]["body"] == b'{"id": 7}'
+    # each attempt got the whole body, and a scope without the previous attempt's writes
+    assert app.seen == [("/api/runs/", "", b'{"x": 1}')] * 3
+    assert scope["root_path"] == "" and scope["state"] == {}
+
+
+def test_the_error_starlette_raises_after_the_busy_answer_is_retried_too():
+    app = Scripted((503, BUSY, []), (200, b"ok", []), raise_after_busy=True)
+    sent, _ = call(RetryWhenBusy(app))
+    assert [m.get("status") for m in sent] == [200, None] and len(app.seen) == 2
+
+
+def test_other_answers_go_out_as_they_are_and_run_once():
+    for status, body, headers in ((500, b"Internal Server Error", []),
+                                  (503, b'{"detail": "maintenance"}', []),
+                                  (503, BUSY, [(b"retry-after", b"30")]),
+                                  (200, b"fine", [])):
+        app = Scripted((status, body, headers))
+        sent, _ = call(RetryWhenBusy(app))
+        assert sent == answer(status, body, headers), status
+        assert len(app.seen) == 1
+
+
+def test_an_error_without_the_busy_answer_is_not_retried():
+    class Broken:
+        calls = 0
+
+        async def __call__(self, scope, receive, send):
+            Broken.calls += 1
+            await receive()
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        call(RetryWhenBusy(Broken()))
+    assert Broken.calls == 1
+
+
+def test_a_store_that_stays_busy_gets_the_busy_answer_after_the_patience():
+    app = Scripted((503, BUSY, []))
+    sent, _ = call(RetryWhenBusy(app, patience=0.05))
+    assert sent == answer(503, BUSY)
+    assert len(app.seen) == len(waits(0.05)) + 1
+
+
+def test_lifespan_and_websockets_pass_through():
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["type"])
+
+    for kind in ("lifespan", "websocket"):
+        call(RetryWhenBusy(app), scope_type=kind)
+    assert seen == ["lifespan", "websocket"]
