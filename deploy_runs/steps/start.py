@@ -108,8 +108,11 @@ def _start_services(ctx: DeployContext, log: StepLog, running: dict[str, tuple[s
                      len(secrets), ", ".join(sorted(secrets)), env_file)
         previous = c.previous_name(name)
         if current is not None:
-            host.run(c.docker_remove_container(previous), log, timeout=TIMEOUT, check=False)
-            host.run(c.docker_rename(name, previous), log, timeout=TIMEOUT)
+            # one is there if an earlier run's release failed (kept for rolling back by hand)
+            if previous in running or host.run(c.docker_rename(name, previous), log,
+                                               timeout=TIMEOUT, check=False).exit_code != 0:
+                host.run(c.docker_remove_container(previous), log, timeout=TIMEOUT, check=False)
+                host.run(c.docker_rename(name, previous), log, timeout=TIMEOUT)
             host.run(c.docker_stop(previous), log, timeout=TIMEOUT)
         run = c.docker_run(
             name, image,

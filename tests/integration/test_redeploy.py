@@ -112,3 +112,23 @@ def test_changed_provisioning_inputs_or_lost_provisioning_run_provisioning_again
     run = client.wait(client.redeploy(app.name).id, timeout=120)
     assert run.status is RunStatus.COMPLETED, run.error
     assert run.step("Provision server").status is StepStatus.COMPLETED
+
+
+@pytest.mark.parametrize("labelled", [True, False], ids=["left-by-a-failed-release", "stray"])
+def test_a_container_already_named_previous_is_replaced_at_the_next_release(
+        client, make_app, docker_client, labelled):
+    # A failed release keeps the old container, stopped, as NAME-previous (for rolling back by
+    # hand); the next release replaces it. One the app did not make is replaced as well.
+    app = make_app("hello")
+    assert client.wait(client.deploy(app.name).id, timeout=180).status is RunStatus.COMPLETED
+    (service,) = container_ids(docker_client, app)
+    previous = f"{app.name}-{service}-previous"
+    labels = {"deploy-runs.app": app.name, "deploy-runs.service": service} if labelled else {}
+    docker_client.containers.create("busybox:latest", ["true"], name=previous, labels=labels)
+    app.push({"site/index.html": "<h1>hello again</h1>\n"}, "hello: again")
+
+    run = client.wait(client.redeploy(app.name).id, timeout=180)
+
+    assert run.status is RunStatus.COMPLETED, run.error
+    assert http_get(app.url(service))[1] == "<h1>hello again</h1>\n"
+    assert not any(c.name == previous for c in docker_client.containers.list(all=True))
