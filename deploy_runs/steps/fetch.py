@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from deploy_runs import commands as c
-from deploy_runs.errors import StepFailed
+from deploy_runs.errors import CommandFailed, StepFailed
 from deploy_runs.record import RunRecorder
 from deploy_runs.remote import CollectingSink
 from deploy_runs.steplog import StepLog
@@ -21,9 +21,12 @@ def fetch_source(ctx: DeployContext) -> dict[str, str]:
     host = ctx.host()
     app, repo = ctx.app, ctx.layout.repo
 
-    if host.run(c.git_is_repo(repo), log, timeout=TIMEOUT, check=False).exit_code == 0:
-        host.run(c.git_set_origin(repo, app.repository), log, timeout=TIMEOUT)
-    else:
+    # a redeploy finds the checkout: pointing it at the app's repository is the first command
+    set_origin = host.run(c.git_set_origin(repo, app.repository), log, timeout=TIMEOUT,
+                          check=False)
+    if set_origin.exit_code != 0:
+        if host.run(c.git_is_repo(repo), log, timeout=TIMEOUT, check=False).exit_code == 0:
+            raise CommandFailed(set_origin.command, set_origin.exit_code, set_origin.tail)
         host.run(c.make_dirs(ctx.layout.root), log, timeout=TIMEOUT)
         host.run(c.git_clone(app.repository, repo), log, timeout=TIMEOUT)
     host.run(c.git_fetch(repo), log, timeout=TIMEOUT)
