@@ -29,12 +29,13 @@ PATIENCE = 5.0
 FIRST_WAIT, LONGEST_WAIT = 0.02, 0.25
 
 
-def waits(patience: float = PATIENCE) -> list[float]:
-    """Pauses between attempts: doubling from FIRST_WAIT to LONGEST_WAIT, `patience` in all."""
-    out, wait = [], FIRST_WAIT
+def waits(patience: float = PATIENCE, first: float = FIRST_WAIT,
+          longest: float = LONGEST_WAIT) -> list[float]:
+    """Pauses between attempts: doubling from `first` to `longest`, `patience` in all."""
+    out, wait = [], first
     while sum(out) + wait <= patience:
         out.append(wait)
-        wait = min(wait * 2, LONGEST_WAIT)
+        wait = min(wait * 2, longest)
     return out
 
 

@@ -43,11 +43,9 @@ BUSY_BODY = {"exception_message": "Service Unavailable"}  # Prefect's retryable-
 
 def waits(patience: float = PATIENCE) -> list[float]:
     """Pauses between attempts: doubling from FIRST_WAIT to LONGEST_WAIT, `patience` in all."""
-    out, wait = [], FIRST_WAIT
-    while sum(out) + wait <= patience:
-        out.append(wait)
-        wait = min(wait * 2, LONGEST_WAIT)
-    return out
+    from deploy_runs.api import waits as doubling
+
+    return doubling(patience, FIRST_WAIT, LONGEST_WAIT)
 
 
 def is_busy_answer(start: Message, body: bytes) -> bool:
