@@ -48,6 +48,21 @@ def waits(patience: float = PATIENCE) -> list[float]:
     return doubling(patience, FIRST_WAIT, LONGEST_WAIT)
 
 
+def is_sqlite_busy(exc: BaseException) -> bool:
+    """The SQLite busy errors of Prefect's `is_client_retryable_exception`: the transaction
+    was rolled back, so running the request again is safe. (Its other retryable errors, of
+    PostgreSQL connections and sessions, are left to the client.)"""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    if not (isinstance(exc, sqlalchemy.exc.OperationalError)
+            and isinstance(exc.orig, sqlite3.OperationalError)):
+        return False
+    return (getattr(exc.orig, "sqlite_errorname", None) in {"SQLITE_BUSY", "SQLITE_BUSY_SNAPSHOT"}
+            or "database is locked" in getattr(exc.orig, "args", ()))
+
+
 def is_busy_answer(start: Message, body: bytes) -> bool:
     """Prefect's answer to an error its clients retry: 503, no Retry-After, its fixed body."""
     if start.get("status") != 503:
@@ -83,37 +98,60 @@ class RetryWhenBusy:
         deadline = time.monotonic() + self.patience
         for wait in self.waits:
             # One retry at a time in the whole server: retries of many requests at once kept
-            # the store busier still (measured: 20 concurrent deploys started 2.7x later)
-            async with self._retrying:
+            # the store busier still (measured: 20 concurrent deploys started 2.7x later).
+            # The wait for its turn counts against the patience too.
+            if not await _acquire(self._retrying, deadline - time.monotonic()):
+                break
+            try:
                 await asyncio.sleep(wait * random.uniform(0.8, 1.2))
                 last = time.monotonic() > deadline
                 if not await self._attempt(scope, body, receive, send, last=last) or last:
                     return
+            finally:
+                self._retrying.release()
         await self._attempt(scope, body, receive, send, last=True)
 
     async def _attempt(self, scope: Scope, body: bytes, receive: Receive, send: Send,
                        last: bool) -> bool:
-        """Run the request once; True if it got the busy answer (held back, unless `last`)."""
-        answer = _Answer(send, [], last=last)
+        """Run the request once; True if it is to run again: Prefect gave the busy answer
+        (held back, unless `last`) for a busy SQLite store."""
+        answer = _Answer(send, last=last)
         try:
             await self.app(_fresh(scope), _replay(body, receive), answer.send)
-        except Exception:
-            # Starlette raises the error again after its handler answered: after the busy
-            # answer (held here) it is the error this retries; any other goes on
-            if not answer.busy:
-                raise
-        return answer.busy
+        except Exception as exc:
+            # Starlette raises the error again after its handler answered
+            if answer.busy and is_sqlite_busy(exc):
+                return True
+            await answer.release()
+            raise
+        await answer.release()  # a busy answer without Prefect's error: not ours to retry
+        return False
+
+
+async def _acquire(lock: asyncio.Lock, timeout: float) -> bool:
+    """`lock.acquire()` within `timeout` seconds; False (and not held) if the time passed."""
+    acquiring = asyncio.ensure_future(lock.acquire())
+    done, _ = await asyncio.wait({acquiring}, timeout=max(0.0, timeout))
+    if done:
+        return True
+    acquiring.cancel()
+    try:
+        await acquiring
+    except asyncio.CancelledError:
+        return False
+    lock.release()  # it was acquired just as the time passed
+    return False
 
 
 class _Answer:
     """Passes a response on as it comes, unless it is the busy answer: that one is held (it is
-    two small messages) and dropped when the request is to run again."""
+    two small messages), to be dropped when the request runs again, or released."""
 
-    def __init__(self, send: Send, held: list[Message], last: bool) -> None:
+    def __init__(self, send: Send, last: bool) -> None:
         self._send = send
-        self._held = held
         self._last = last
         self._start: Message | None = None
+        self._held: list[Message] = []
         self.busy = False
 
     async def send(self, message: Message) -> None:
@@ -123,19 +161,26 @@ class _Answer:
         if message["type"] == "http.response.start" and message.get("status") == 503:
             self._start = message  # decided once the body is in
             return
-        if self._start is not None and message["type"] == "http.response.body":
+        if self._start is not None and not self.busy:
             self._held.append(message)
-            if message.get("more_body"):
-                return
-            body = b"".join(m.get("body", b"") for m in self._held)
-            if is_busy_answer(self._start, body):
-                self.busy = True
-                return
-            await self._send(self._start)
-            for held in self._held:
-                await self._send(held)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                body = b"".join(m.get("body", b"") for m in self._held
+                                if m["type"] == "http.response.body")
+                if is_busy_answer(self._start, body):
+                    self.busy = True
+                else:
+                    await self.release()
             return
         await self._send(message)
+
+    async def release(self) -> None:
+        """Send what is held (a 503 that is not to be retried after all)."""
+        if self._start is not None:
+            start, held, self._start, self._held = self._start, self._held, None, []
+            self.busy = False
+            await self._send(start)
+            for message in held:
+                await self._send(message)
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:
