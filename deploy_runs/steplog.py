@@ -80,15 +80,13 @@ class StepLogWorker(APILogWorker):
         self._handled = 0
         self._ended = False
 
-    def send(self, item: dict[str, Any] | bytes) -> None:
+    def _prepare_item(self, item: bytes) -> bytes:
+        # Prefect calls this under the worker's lock, just before it queues the record: the
+        # count and the queue agree for `flush`, which reads one and writes the other under
+        # the same lock
         with self._progress:
             self._queued += 1
-        try:
-            super().send(item)
-        except BaseException:
-            with self._progress:
-                self._queued -= 1
-            raise
+        return super()._prepare_item(item)
 
     async def _main_loop(self) -> None:
         try:
@@ -136,13 +134,13 @@ class StepLogWorker(APILogWorker):
         been sent (or the worker has ended: Prefect drained it, or it could not start); False
         if `timeout` passed first."""
         deadline = time.monotonic() + timeout
-        with self._progress:
-            target = self._queued
-            if self._handled >= target:
-                return True
         with self._lock:
+            with self._progress:
+                target = self._queued
+                if self._handled >= target:
+                    return True
             if not self._stopped:
-                self._queue.put_nowait(_FLUSH)
+                self._queue.put_nowait(_FLUSH)  # after every record counted in `target`
         with self._progress:
             while self._handled < target and not self._ended and not self._start_failed():
                 left = deadline - time.monotonic()
@@ -207,11 +205,13 @@ def _wire_output_loggers() -> None:
             logger = logging.getLogger(name)
             if _ORDER not in logger.filters:
                 logger.addFilter(_ORDER)
-            logger.propagate = False
             logger.setLevel(logging.INFO)
             for handler in ours:
                 if handler not in logger.handlers:
                     logger.addHandler(handler)
+            # not to the console too; but where nothing sends them to the API (Prefect's
+            # logging set up without it), they go where task-run records go
+            logger.propagate = not ours
 
 
 def log_backlog() -> int:
