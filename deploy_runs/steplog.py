@@ -71,7 +71,8 @@ class StepLogWorker(APILogWorker):
     can be told to send its batch now and waited on until it has sent every record queued so
     far, without being stopped.
 
-    Prefect's flow-run ending drains it with every other queue service (one registry)."""
+    Between flushes it sends as Prefect's does (every `min_interval`); at process exit Prefect
+    drains it with every other queue service (one registry)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
