@@ -26,9 +26,12 @@ import argparse
 import asyncio
 import json
 import random
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from deploy_runs.api import waits as doubling_waits
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -43,24 +46,18 @@ BUSY_BODY = {"exception_message": "Service Unavailable"}  # Prefect's retryable-
 
 def waits(patience: float = PATIENCE) -> list[float]:
     """Pauses between attempts: doubling from FIRST_WAIT to LONGEST_WAIT, `patience` in all."""
-    from deploy_runs.api import waits as doubling
-
-    return doubling(patience, FIRST_WAIT, LONGEST_WAIT)
+    return doubling_waits(patience, FIRST_WAIT, LONGEST_WAIT)
 
 
 def is_sqlite_busy(exc: BaseException) -> bool:
-    """The SQLite busy errors of Prefect's `is_client_retryable_exception`: the transaction
-    was rolled back, so running the request again is safe. (Its other retryable errors, of
-    PostgreSQL connections and sessions, are left to the client.)"""
-    import sqlite3
+    """Prefect's own rule for errors its clients retry (`is_client_retryable_exception`),
+    for SQLite only: a busy store rolled the transaction back, so running the request again
+    is safe. Its other retryable errors, of PostgreSQL connections and sessions, may come
+    after a commit and are left to the client."""
+    from prefect.server.api.server import is_client_retryable_exception
 
-    import sqlalchemy.exc
-
-    if not (isinstance(exc, sqlalchemy.exc.OperationalError)
-            and isinstance(exc.orig, sqlite3.OperationalError)):
-        return False
-    return (getattr(exc.orig, "sqlite_errorname", None) in {"SQLITE_BUSY", "SQLITE_BUSY_SNAPSHOT"}
-            or "database is locked" in getattr(exc.orig, "args", ()))
+    return (isinstance(exc, Exception) and isinstance(getattr(exc, "orig", None), sqlite3.Error)
+            and is_client_retryable_exception(exc))
 
 
 def is_busy_answer(start: Message, body: bytes) -> bool:

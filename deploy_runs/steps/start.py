@@ -108,9 +108,11 @@ def _start_services(ctx: DeployContext, log: StepLog, running: dict[str, tuple[s
                      len(secrets), ", ".join(sorted(secrets)), env_file)
         previous = c.previous_name(name)
         if current is not None:
-            # one is there if an earlier run's release failed (kept for rolling back by hand)
-            if previous in running or host.run(c.docker_rename(name, previous), log,
-                                               timeout=TIMEOUT, check=False).exit_code != 0:
+            # A NAME-previous is there if an earlier run's release failed (kept for rolling
+            # back by hand), or if something else took the name: it goes first.
+            renamed = previous not in running and host.run(
+                c.docker_rename(name, previous), log, timeout=TIMEOUT, check=False).exit_code == 0
+            if not renamed:
                 host.run(c.docker_remove_container(previous), log, timeout=TIMEOUT, check=False)
                 host.run(c.docker_rename(name, previous), log, timeout=TIMEOUT)
             host.run(c.docker_stop(previous), log, timeout=TIMEOUT)
