@@ -24,17 +24,19 @@ LEASE_SECONDS (60, Prefect's minimum) to about 75 s later. No lock, marker or fi
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder, FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.concurrency._leases import maintain_concurrency_lease
 from prefect.exceptions import PrefectHTTPStatusError
 
 from deploy_runs.api import request, write_labels
@@ -46,6 +48,8 @@ from deploy_runs.status import RunStatus
 SLOT_LABEL = fact_label("slot")
 HELD = "held"
 LEASE_SECONDS = 60.0
+RENEW_EVERY = LEASE_SECONDS * 0.75  # as Prefect renews its own leases
+RENEW_RETRY_SECONDS = 5.0
 POLL_SECONDS = 1.0
 # a run that is ending (Cancelling) may still hold the lease: taking the slot, not this list,
 # is what decides
@@ -150,6 +154,50 @@ def _acquire(client: SyncPrefectClient, app: str, run_id: UUID) -> UUID | None:
     raise RuntimeError(f"could not create the concurrency limit {limit_name(app)}")
 
 
+def _renew(lease: UUID) -> None:
+    with get_client(sync_client=True) as client:
+        client.renew_concurrency_lease(lease, lease_duration=LEASE_SECONDS)
+
+
+class LeaseKeeper:
+    """Renews a lease every `every` seconds while the body runs, the first time after `every`
+    seconds (the lease was just taken); a failed renewal is said and tried again after
+    `retry_after` seconds, the lease lasting LEASE_SECONDS.
+
+    Prefect's `maintain_concurrency_lease` renews at once, with an API client made in its
+    thread for that: a request and a client for every run, which a run shorter than the
+    renewal interval (most deploys) does not need."""
+
+    def __init__(self, renew: Callable[[], None], *, log: Callable[[str], None],
+                 every: float = RENEW_EVERY, retry_after: float = RENEW_RETRY_SECONDS) -> None:
+        self.renew, self.log = renew, log
+        self.every, self.retry_after = every, retry_after
+        self._stop = threading.Event()
+        # in the run's context: the renewal reads the API the run uses
+        self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                        args=(self._keep,), name="deploy-runs-lease",
+                                        daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _keep(self) -> None:
+        wait = self.every
+        while not self._stop.wait(wait):
+            try:
+                self.renew()
+                wait = self.every
+            except Exception as exc:  # the lease lasts a while yet: say so, try again soon
+                self.log(f"Could not renew the lease on the application's slot ({exc}); "
+                         f"trying again in {self.retry_after:g} s.")
+                wait = self.retry_after
+
+
 @contextlib.contextmanager
 def app_slot(app: str, run_id: UUID, policy: str, *,
              log: Callable[[str], None]) -> Iterator[float]:
@@ -177,7 +225,7 @@ def app_slot(app: str, run_id: UUID, policy: str, *,
             log(f"Got the slot of {app} after waiting {waited:.1f} s.")
         write_labels(client, run_id, {SLOT_LABEL: HELD})
         try:
-            with maintain_concurrency_lease(lease, LEASE_SECONDS):
+            with LeaseKeeper(partial(_renew, lease), log=log):
                 yield waited
         finally:
             with contextlib.suppress(Exception):

@@ -1,14 +1,24 @@
-"""What a run waiting for its application's slot decides, per policy (no server)."""
+"""What a run waiting for its application's slot decides, per policy, and how its lease is
+kept (no server)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 import pytest
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
-from deploy_runs.concurrency import HELD, SLOT_LABEL, SlotRefused, Waiting, busy_message
+from deploy_runs.concurrency import (
+    HELD,
+    SLOT_LABEL,
+    LeaseKeeper,
+    SlotRefused,
+    Waiting,
+    busy_message,
+)
 from deploy_runs.controls import CONTROL_LABEL, STOP
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -74,3 +84,54 @@ def test_busy_message_names_the_run_holding_the_slot():
     waiting, holder = run(1), run(0, held=True)
     message = busy_message("shop", [waiting, holder])
     assert str(holder.id) in message and "`reject`" in message
+
+
+class Renewals:
+    """A renewal that notes when it was called and fails as told."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.at: list[float] = []
+        self.failures = failures
+        self.changed = threading.Condition()
+
+    def __call__(self) -> None:
+        with self.changed:
+            self.at.append(time.monotonic())
+            self.changed.notify_all()
+        if len(self.at) <= self.failures:
+            raise ConnectionError("server unreachable")
+
+    def wait_for(self, count: int, deadline: float = 10.0) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.at) >= count, deadline), self.at
+
+
+def test_the_lease_is_renewed_every_interval_and_not_when_just_taken():
+    renewals = Renewals()
+    began = time.monotonic()
+    with LeaseKeeper(renewals, log=print, every=0.2):
+        renewals.wait_for(2)
+    first, second = renewals.at[:2]
+    assert first - began >= 0.2
+    assert second - first >= 0.2
+
+
+def test_a_body_shorter_than_the_interval_renews_nothing_and_ends_the_keeper():
+    renewals = Renewals()
+    keeper = LeaseKeeper(renewals, log=print, every=30)
+    with keeper:
+        pass
+    assert not keeper._thread.is_alive()
+    assert renewals.at == []
+
+
+def test_a_failed_renewal_is_said_and_tried_again_sooner():
+    said: list[str] = []
+    renewals = Renewals(failures=1)
+    with LeaseKeeper(renewals, log=said.append, every=1.0, retry_after=0.05):
+        renewals.wait_for(3)
+    failed, retried, next_one = renewals.at[:3]
+    assert 0.05 <= retried - failed < 1.0
+    assert next_one - retried >= 1.0
+    assert said == ["Could not renew the lease on the application's slot (server "
+                    "unreachable); trying again in 0.05 s."]
