@@ -118,7 +118,8 @@ class RunRecorder:
             if not any(t.startswith(TRIGGER_PREFIX) for t in tags):
                 # started by Prefect (UI, CLI, schedule), or by calling the flow in a process
                 tags.add(trigger_tag("prefect" if from_deployment else "in-process"))
-            client.update_flow_run(self.run_id, tags=sorted(tags))
+            if tags != set(existing_tags):  # runs made by deploy-runs have them already
+                client.update_flow_run(self.run_id, tags=sorted(tags))
             write_labels(client, self.run_id, {
                 fact_label("app"): app.name, fact_label("ref"): ref or "",
                 fact_label("config"): json.dumps(config_snapshot(app), sort_keys=True)})

@@ -131,6 +131,7 @@ def test_closed_ssh_port_is_server_unreachable(client, make_app):
                        "server-unreachable")
     assert time.monotonic() - started < 30
     assert "Connection refused" in run.error.message
+    assert run.trigger == "in-process" and run.app == app.name
 
 
 def test_server_that_never_answers_fails_within_the_connect_timeout(client, make_app):

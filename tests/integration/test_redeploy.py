@@ -82,6 +82,7 @@ def test_redeploy_with_no_change_builds_nothing_and_replaces_nothing(client, mak
     run = client.wait(client.redeploy(app.name).id, timeout=180)
 
     assert run.status is RunStatus.COMPLETED, run.error
+    assert run.trigger == "redeploy"
     assert build_commands(client, run.id) == []
     assert all(s.build == "reused" and s.container == "kept" for s in run.services)
     assert container_ids(docker_client, app) == before
