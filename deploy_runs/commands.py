@@ -107,12 +107,10 @@ def git_clone(url: str, dest: str) -> Command:
     return cmd("git", "clone", "--no-checkout", "--", url, dest)
 
 
-def git_set_origin(repo: str, url: str) -> Command:
-    return cmd("git", "-C", repo, "remote", "set-url", "origin", "--", url)
-
-
-def git_fetch(repo: str) -> Command:
-    return cmd("git", "-C", repo, "fetch", "--force", "--prune", "--tags", "origin",
+def git_fetch(repo: str, url: str) -> Command:
+    """The repository's branches (as `origin/BRANCH`, deleted ones pruned) and tags, from `url`
+    itself rather than the checkout's `origin`: a changed repository URL needs no command."""
+    return cmd("git", "-C", repo, "fetch", "--force", "--prune", "--tags", "--", url,
                "+refs/heads/*:refs/remotes/origin/*")
 
 

@@ -21,15 +21,14 @@ def fetch_source(ctx: DeployContext) -> dict[str, str]:
     host = ctx.host()
     app, repo = ctx.app, ctx.layout.repo
 
-    # a redeploy finds the checkout: pointing it at the app's repository is the first command
-    set_origin = host.run(c.git_set_origin(repo, app.repository), log, timeout=TIMEOUT,
-                          check=False)
-    if set_origin.exit_code != 0:
+    # a redeploy finds the checkout: fetching the app's repository into it is the first command
+    fetched = host.run(c.git_fetch(repo, app.repository), log, timeout=TIMEOUT, check=False)
+    if fetched.exit_code != 0:
         if host.run(c.git_is_repo(repo), log, timeout=TIMEOUT, check=False).exit_code == 0:
-            raise CommandFailed(set_origin.command, set_origin.exit_code, set_origin.tail)
+            raise CommandFailed(fetched.command, fetched.exit_code, fetched.tail)
         host.run(c.make_dirs(ctx.layout.root), log, timeout=TIMEOUT)
         host.run(c.git_clone(app.repository, repo), log, timeout=TIMEOUT)
-    host.run(c.git_fetch(repo), log, timeout=TIMEOUT)
+        host.run(c.git_fetch(repo, app.repository), log, timeout=TIMEOUT)
 
     # on a second server, the commit the first one resolved (the branch may have moved since)
     wanted = ctx.commit or ctx.ref or app.branch

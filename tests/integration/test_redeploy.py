@@ -4,6 +4,7 @@ restarted, every run kept."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -133,3 +134,24 @@ def test_a_container_already_named_previous_is_replaced_at_the_next_release(
     assert run.status is RunStatus.COMPLETED, run.error
     assert http_get(app.url(service))[1] == "<h1>hello again</h1>\n"
     assert not any(c.name == previous for c in docker_client.containers.list(all=True))
+
+
+def test_a_moved_repository_is_fetched_from_at_the_next_deploy(client, make_app):
+    # The checkout on the server came from the first repository; the app now names another one,
+    # with a history of its own.
+    app = make_app("hello")
+    assert client.wait(client.deploy(app.name).id, timeout=120).status is RunStatus.COMPLETED
+    first_repo, first_url = app.bare_repo, app.application.repository
+    try:
+        app.bare_repo = first_repo.with_name(f"{app.name}-moved.git")
+        moved = app.push({"site/index.html": "<h1>moved</h1>\n"}, "hello: moved")
+        app.application.repository = first_url.replace(first_repo.name, app.bare_repo.name)
+        app.application.save(app.name, overwrite=True)
+
+        run = client.wait(client.redeploy(app.name).id, timeout=120)
+    finally:
+        shutil.rmtree(first_repo, ignore_errors=True)
+
+    assert run.status is RunStatus.COMPLETED, run.error
+    assert run.commit == moved
+    assert http_get(app.url())[1] == "<h1>moved</h1>\n"

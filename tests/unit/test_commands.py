@@ -53,6 +53,8 @@ def test_docker_run_starts_with_init_ports_env_file_and_labels():
 
 def test_git_commands_cannot_be_turned_into_options():
     assert c.git_clone("-oProxyCommand=x", "dest").argv[-3] == "--"
+    assert c.git_fetch("repo", "-oProxyCommand=x").argv[-3:] == (
+        "--", "-oProxyCommand=x", "+refs/heads/*:refs/remotes/origin/*")
     assert "--end-of-options" in c.git_resolve("repo", "main").argv
     assert c.git_resolve("repo", "origin/main").argv[-1] == "origin/main^{commit}"
 
