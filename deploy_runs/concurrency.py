@@ -24,7 +24,6 @@ LEASE_SECONDS (60, Prefect's minimum) to about 75 s later. No lock, marker or fi
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +39,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import PrefectHTTPStatusError
 
 from deploy_runs.api import request, write_labels
-from deploy_runs.controls import STOP, requested
+from deploy_runs.controls import STOP, requested, thread_in_run_context
 from deploy_runs.history import run_filter
 from deploy_runs.record import fact_label
 from deploy_runs.status import RunStatus
@@ -173,10 +172,7 @@ class LeaseKeeper:
         self.renew, self.log = renew, log
         self.every, self.retry_after = every, retry_after
         self._stop = threading.Event()
-        # in the run's context: the renewal reads the API the run uses
-        self._thread = threading.Thread(target=contextvars.copy_context().run,
-                                        args=(self._keep,), name="deploy-runs-lease",
-                                        daemon=True)
+        self._thread = thread_in_run_context(self._keep, "deploy-runs-lease")
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()

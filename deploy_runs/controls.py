@@ -147,6 +147,14 @@ class Checkpoint:
                                       f"({self.pause_timeout:g}s); the run was stopped.")
 
 
+def thread_in_run_context(target: Callable[[], None], name: str) -> threading.Thread:
+    """A daemon thread that runs `target` in the caller's context: there it reads the API the
+    run uses (Prefect's settings are a context variable; a bare thread would read the
+    process's defaults)."""
+    return threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name,
+                            daemon=True)
+
+
 class StopWatcher:
     """While a step runs, watch for Stop and interrupt the step when it comes.
 
@@ -160,11 +168,7 @@ class StopWatcher:
         self.stopped: str | None = None
         self._active = threading.Event()
         self._done = threading.Event()
-        # in the run's context: it reads the API the run uses (Prefect's settings are a
-        # context variable; a bare thread would read the process's defaults)
-        self._thread = threading.Thread(target=contextvars.copy_context().run,
-                                        args=(self._watch,), name="deploy-runs-stop-watcher",
-                                        daemon=True)
+        self._thread = thread_in_run_context(self._watch, "deploy-runs-stop-watcher")
 
     def __enter__(self) -> StopWatcher:
         self._thread.start()
