@@ -23,6 +23,19 @@ REF_PATTERN = re.compile(r"^(?!-)(?!.*\.\.)[A-Za-z0-9._/-]{1,200}$")
 REPOSITORY_PATTERN = re.compile(r"^(?!-)[A-Za-z0-9._~:/@%+=,-]{1,500}$")
 
 
+def has_credentials(url: str) -> bool:
+    """True for a URL with a password (`scheme://user:secret@host/...`), or any user part on
+    http(s), where it is a token (`https://TOKEN@host/...`). A plain SSH user
+    (`ssh://git@host/...`, `git@host:org/repo.git`) is not a credential."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return False
+    userinfo, at, _ = rest.partition("/")[0].rpartition("@")
+    if not at:
+        return False
+    return ":" in userinfo or scheme.lower() in ("http", "https")
+
+
 def check_ref(value: str) -> str:
     """A git branch, tag or commit that is safe on a command line."""
     if not REF_PATTERN.match(value):
@@ -141,6 +154,9 @@ class Application(Block):
         ```
     """
 
+    # a refused value is not repeated in the error: it may hold a secret (e.g. in the URL)
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     _block_type_name = "Deploy Runs Application"
     _block_type_slug = "deploy-runs-application"
     _description = "An application that deploy-runs deploys to a server over SSH and Docker."
@@ -182,6 +198,11 @@ class Application(Block):
     def _repository(cls, value: str) -> str:
         if not REPOSITORY_PATTERN.match(value):
             raise ValueError(f"{value!r} is not a git repository URL deploy-runs accepts")
+        if has_credentials(value):
+            # not echoed: the value holds a secret
+            raise ValueError("the URL holds credentials, which would be shown in every run's log "
+                             "and kept in the checkout on the server; give the server access "
+                             "instead (an SSH deploy key, or a git credential helper)")
         return value
 
     @field_validator("branch")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from blocks import SSHServer
+from blocks import Application, SSHServer
 from deploy_runs.errors import ConfigError
 from deploy_runs.spec import load_spec, parse_spec, to_application
 
@@ -46,6 +46,34 @@ def test_missing_fields_are_named():
 def test_bad_port_is_named():
     found = problems(spec(services=[{"name": "web", "container_port": 8080, "host_port": 70000}]))
     assert found == ["services.0.host_port: Input should be less than or equal to 65535"]
+
+
+@pytest.mark.parametrize("url", [
+    "https://x-access-token:ghp_secret@github.com/acme/hello.git",
+    "https://ghp_secret@github.com/acme/hello.git",
+    "ssh://deploy:secret@git.example.com/acme/hello.git",
+])
+def test_a_repository_url_with_credentials_is_refused_without_echoing_them(url):
+    found = problems(spec(repository=url))
+    assert any(p.startswith("repository:") and "credentials" in p for p in found), found
+    assert not any("secret" in p for p in found), found
+
+
+def test_an_application_made_in_python_does_not_repeat_the_secret_in_its_error():
+    with pytest.raises(ValueError) as info:
+        Application(name="hello", repository="https://u:ghp_secret@git.example.com/a/b.git",
+                    server=SERVER, services=[{"name": "web", "container_port": 8080,
+                                              "host_port": 18080}])
+    assert "credentials" in str(info.value) and "ghp_secret" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", [
+    "ssh://git@git.example.com/acme/hello.git", "git@github.com:acme/hello.git",
+    "https://git.example.com/acme/hello.git", "git://127.0.0.1:9418/hello.git",
+])
+def test_a_repository_url_with_an_ssh_user_or_none_is_accepted(url):
+    application = to_application(parse_spec(spec(repository=url)), SERVER, environ={})
+    assert application.repository == url
 
 
 def test_unknown_field_is_refused_not_ignored():
