@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
@@ -49,6 +49,21 @@ share_tls_context()
 
 T = TypeVar("T")
 SETTLE_SECONDS = 20.0
+RECORDING_SECONDS = 3.0
+
+
+async def read_recorded(read: Callable[[], Awaitable[Run]], patience: float = RECORDING_SECONDS,
+                        interval: float = 0.05) -> Run:
+    """`read()` the run, again while it has just ended (within `patience` seconds, by its end
+    time and by this clock) and Prefect has not recorded all of its steps yet."""
+    deadline = time.monotonic() + patience
+    while True:
+        run = await read()
+        recent = run.ended_at is not None and \
+            datetime.now(UTC) - run.ended_at < timedelta(seconds=patience)
+        if run.settled or not run.status.is_final or not recent or time.monotonic() > deadline:
+            return run
+        await asyncio.sleep(interval)
 
 
 def deployment_name(app: str) -> str:
@@ -125,9 +140,15 @@ class AsyncDeployRuns:
                                  _trigger="retry")
 
     async def get_run(self, run_id: UUID | str) -> Run:
+        """The run as recorded. One that ended a moment ago is read again until Prefect has
+        recorded its steps' last states (they trail the run's own), for up to
+        RECORDING_SECONDS: read before, a step that ran could show as not run."""
         async with get_client() as client:
-            flow_run = await self._read_flow_run(client, _run_id(run_id))
-            return (await self._assemble(client, [flow_run]))[0]
+            async def read() -> Run:
+                flow_run = await self._read_flow_run(client, _run_id(run_id))
+                return (await self._assemble(client, [flow_run]))[0]
+
+            return await read_recorded(read)
 
     async def wait(self, run_id: UUID | str, timeout: float = 600.0,
                    poll_interval: float = 0.5) -> Run:
