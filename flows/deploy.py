@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from uuid import UUID
 
-from prefect import flow, get_run_logger, tags, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import SyncClientContext, get_run_context
 from prefect.states import Cancelled, Completed, Failed, State
@@ -23,13 +23,7 @@ from deploy_runs.concurrency import SlotRefused, app_slot
 from deploy_runs.controls import Checkpoint, StopWatcher
 from deploy_runs.models import Failure
 from deploy_runs.outcome import RunOutcome
-from deploy_runs.record import (
-    RUN_TAG,
-    RunRecorder,
-    app_tag,
-    failure_from_exception,
-    trigger_tag,
-)
+from deploy_runs.record import RunRecorder, failure_from_exception
 from deploy_runs.status import SKIPPED_STATE_NAME, RunStatus
 from deploy_runs.steps import PIPELINE, PLANNED_STEPS, DeployContext
 from deploy_runs.tlscontext import share_tls_context
@@ -67,9 +61,7 @@ async def deploy_app(app: str, ref: str | None = None,
 
 def run_in_process(app: str, ref: str | None = None, **options: object) -> State:
     """Run one deploy in this process (no worker), from synchronous code; its final state."""
-    # the run is made with the tags it would otherwise write at its start
-    with tags(RUN_TAG, app_tag(app), trigger_tag("in-process")):
-        return asyncio.run(deploy_app(app, ref, return_state=True, **options))
+    return asyncio.run(deploy_app(app, ref, return_state=True, **options))
 
 
 def _in_step_thread(app: str, ref: str | None, pause_timeout: float,
@@ -122,10 +114,9 @@ def _deploy(app: str, ref: str | None, pause_timeout: float, retry_of: str | Non
     with slot, StopWatcher(flow_run.id, ctx.interrupt) as watcher, ctx:
         # After a Prefect suspend (the UI's Pause) the flow restarts from the top: finished
         # steps are not run again, their facts are read back instead. Read once the slot is
-        # ours, so no other process of this run is still in a step. A run that is Running for
-        # the first time (run_count 1: Prefect counts each entry into Running) has none.
-        if flow_run.run_count > 1:
-            done.update(record.restore(ctx))
+        # ours, so no other process of this run is still in a step. (Not by run_count: Prefect
+        # does not count a resume from a suspend as a new run.)
+        done.update(record.restore(ctx))
         reuse = [] if done or not retry_of else record.reuse(UUID(retry_of), ctx, PLANNED_STEPS)
         ctx.start_run_clock()
         for step in PIPELINE:

@@ -131,6 +131,10 @@ def test_prefect_suspend_then_resume_does_not_run_finished_steps_again(client, m
     assert len(build_commands(client, run.id)) == 1
     clones = [line for line in logs if line.stream == "command" and " clone " in line.text]
     assert len(clones) == 1, "Fetch source ran once"
+    # and the finished steps did not run again at all (they would find their work done)
+    said = [line.text for line in logs]
+    assert sum("deploying commit" in text for text in said) == 1, "Fetch source ran again"
+    assert not any("reusing image" in text for text in said), "Build images ran again"
     assert http_get(app.url())[0] == 200
 
 
