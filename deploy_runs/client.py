@@ -42,10 +42,6 @@ from deploy_runs.models import Failure, LogMatch, RecurringFailure, Run, RunComp
 from deploy_runs.record import FAILURE_KEY, RUN_TAG, app_tag, trigger_tag
 from deploy_runs.runs import DEPLOY_FLOW, run_from_prefect
 from deploy_runs.status import RunStatus
-from deploy_runs.tlscontext import share_tls_context
-
-# each call makes its API client: one TLS context for all (deploy_runs/tlscontext.py)
-share_tls_context()
 
 T = TypeVar("T")
 SETTLE_SECONDS = 20.0

@@ -13,7 +13,9 @@ A context is the part of TLS meant to be shared by connections (settings and tru
 certificates), and Prefect does not change a verified context after making it. Any other
 context Prefect asks for (the unverified one of `PREFECT_API_TLS_INSECURE_SKIP_VERIFY`, which
 it does change) is made anew each time, as before. A CA file changed on disk is read again by
-the next process, not by this one.
+the next process, not by this one. Applied in a deploy run's process only (`flows/deploy.py`),
+where every client is Prefect's: a client made with its own settings (e.g. a client
+certificate, which httpx loads into the context it is given) must not share the context.
 """
 
 from __future__ import annotations
