@@ -26,6 +26,7 @@ from deploy_runs.server import _BEGIN_IMMEDIATE, RetryWhenBusy, begins_immediate
     ("POST", "/api/logs/", False),
     ("POST", "/api/v2/concurrency_limits/filter", False),
     ("GET", "/api/flow_runs/0b6a", False),
+    ("POST", "/api/deployments/0b6a/create_flow_run", True),
 ])
 def test_which_requests_begin_immediate(method, path, immediate):
     assert begins_immediate(method, path) is immediate
@@ -45,10 +46,36 @@ def test_the_middleware_marks_the_request_it_passes_on():
     async def send(message):
         pass
 
-    for method, path in (("PATCH", "/api/flow_runs/1/labels"), ("POST", "/api/flow_runs/filter")):
-        scope = {"type": "http", "method": method, "path": path, "root_path": "", "state": {}}
-        asyncio.run(RetryWhenBusy(app)(scope, receive, send))
-    assert seen == [True, False]
+    async def requests() -> list[bool]:
+        middleware, after = RetryWhenBusy(app), []
+        for method, path in (("PATCH", "/api/flow_runs/1/labels"),
+                             ("POST", "/api/flow_runs/filter"),
+                             ("POST", "/api/deployments/1/create_flow_run")):
+            scope = {"type": "http", "method": method, "path": path, "root_path": "",
+                     "state": {}}
+            await middleware(scope, receive, send)
+            after.append(_BEGIN_IMMEDIATE.get())  # in the caller's context: not left set
+        return after
+
+    assert asyncio.run(requests()) == [False, False, False]
+    assert seen == [True, False, True]
+
+
+def test_the_server_app_uses_the_configuration_on_sqlite(tmp_path):
+    from prefect.server.database.dependencies import provide_database_interface, set_database_config
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, temporary_settings
+
+    from deploy_runs.server import create_app
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
+    try:
+        with temporary_settings(updates={PREFECT_API_DATABASE_CONNECTION_URL: url}):
+            create_app()
+            config = provide_database_interface().database_config
+        assert type(config).__name__ == "ImmediateWrites"
+        assert config.connection_url == url
+    finally:
+        set_database_config(None)  # the next user infers Prefect's own again
 
 
 @pytest.mark.parametrize(("marked", "with_for_update", "mode"), [
