@@ -155,22 +155,34 @@ def _acquire(client: SyncPrefectClient, app: str, run_id: UUID) -> UUID | None:
 
 def _renew(lease: UUID) -> None:
     with get_client(sync_client=True) as client:
-        client.renew_concurrency_lease(lease, lease_duration=LEASE_SECONDS)
+        try:
+            client.renew_concurrency_lease(lease, lease_duration=LEASE_SECONDS)
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code in (404, 410):
+                raise LeaseLost(f"the server answered {exc.response.status_code}") from None
+            raise
+
+
+class LeaseLost(Exception):
+    """The server no longer has the lease (it expired): renewing it again cannot help."""
 
 
 class LeaseKeeper:
-    """Renews a lease every `every` seconds while the body runs, the first time after `every`
-    seconds (the lease was just taken); a failed renewal is said and tried again after
-    `retry_after` seconds, the lease lasting LEASE_SECONDS.
+    """Renews a lease every `every` seconds after it was `taken` (a time.monotonic() value,
+    default now) while the body runs. A failed renewal is said and tried again after
+    `retry_after` seconds (the lease lasts LEASE_SECONDS); a lease the server no longer has
+    (`LeaseLost`) is said once and not renewed again.
 
     Prefect's `maintain_concurrency_lease` renews at once, with an API client made in its
     thread for that: a request and a client for every run, which a run shorter than the
     renewal interval (most deploys) does not need."""
 
     def __init__(self, renew: Callable[[], None], *, log: Callable[[str], None],
-                 every: float = RENEW_EVERY, retry_after: float = RENEW_RETRY_SECONDS) -> None:
+                 every: float = RENEW_EVERY, retry_after: float = RENEW_RETRY_SECONDS,
+                 taken: float | None = None) -> None:
         self.renew, self.log = renew, log
         self.every, self.retry_after = every, retry_after
+        self.taken = time.monotonic() if taken is None else taken
         self._stop = threading.Event()
         self._thread = thread_in_run_context(self._keep, "deploy-runs-lease")
 
@@ -183,12 +195,19 @@ class LeaseKeeper:
         self._thread.join(timeout=2)
 
     def _keep(self) -> None:
-        wait = self.every
+        wait = max(0.0, self.every - (time.monotonic() - self.taken))
         while not self._stop.wait(wait):
             try:
                 self.renew()
                 wait = self.every
+            except LeaseLost as exc:
+                if not self._stop.is_set():
+                    self.log(f"The lease on the application's slot is gone ({exc}); another "
+                             "run of the application may start before this one ends.")
+                return
             except Exception as exc:  # the lease lasts a while yet: say so, try again soon
+                if self._stop.is_set():
+                    return
                 self.log(f"Could not renew the lease on the application's slot ({exc}); "
                          f"trying again in {self.retry_after:g} s.")
                 wait = self.retry_after
@@ -207,6 +226,7 @@ def app_slot(app: str, run_id: UUID, policy: str, *,
             may_try, blocker = waiting.look(active_runs(client, app))
             lease = _acquire(client, app, run_id) if may_try else None
             if lease is not None:
+                taken = time.monotonic()
                 break
             if policy == "reject":  # the holder was not listed yet: refuse all the same
                 raise SlotRefused(f"Refused: another run of {app} holds its slot "
@@ -221,7 +241,7 @@ def app_slot(app: str, run_id: UUID, policy: str, *,
             log(f"Got the slot of {app} after waiting {waited:.1f} s.")
         write_labels(client, run_id, {SLOT_LABEL: HELD})
         try:
-            with LeaseKeeper(partial(_renew, lease), log=log):
+            with LeaseKeeper(partial(_renew, lease), log=log, taken=taken):
                 yield waited
         finally:
             with contextlib.suppress(Exception):

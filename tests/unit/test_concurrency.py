@@ -15,6 +15,7 @@ from deploy_runs.concurrency import (
     HELD,
     SLOT_LABEL,
     LeaseKeeper,
+    LeaseLost,
     SlotRefused,
     Waiting,
     busy_message,
@@ -89,9 +90,10 @@ def test_busy_message_names_the_run_holding_the_slot():
 class Renewals:
     """A renewal that notes when it was called and fails as told."""
 
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, failures: int = 0, error: Exception | None = None) -> None:
         self.at: list[float] = []
         self.failures = failures
+        self.error = error or ConnectionError("server unreachable")
         self.changed = threading.Condition()
 
     def __call__(self) -> None:
@@ -99,7 +101,7 @@ class Renewals:
             self.at.append(time.monotonic())
             self.changed.notify_all()
         if len(self.at) <= self.failures:
-            raise ConnectionError("server unreachable")
+            raise self.error
 
     def wait_for(self, count: int, deadline: float = 10.0) -> None:
         with self.changed:
@@ -135,3 +137,22 @@ def test_a_failed_renewal_is_said_and_tried_again_sooner():
     assert next_one - retried >= 1.0
     assert said == ["Could not renew the lease on the application's slot (server "
                     "unreachable); trying again in 0.05 s."]
+
+
+def test_the_interval_counts_from_when_the_lease_was_taken():
+    renewals = Renewals()
+    # taken long ago (say the run's first label write was slow): renewed at once, not 30 s on
+    with LeaseKeeper(renewals, log=print, every=30, taken=time.monotonic() - 60):
+        renewals.wait_for(1)
+
+
+def test_a_lease_the_server_no_longer_has_is_said_once_and_not_renewed_again():
+    said: list[str] = []
+    renewals = Renewals(failures=99, error=LeaseLost("the server answered 410"))
+    keeper = LeaseKeeper(renewals, log=said.append, every=0.05)
+    with keeper:
+        keeper._thread.join(10)
+        assert not keeper._thread.is_alive(), "the keeper went on renewing"
+    assert len(renewals.at) == 1
+    assert said == ["The lease on the application's slot is gone (the server answered 410); "
+                    "another run of the application may start before this one ends."]
