@@ -200,9 +200,10 @@ class Application(Block):
             raise ValueError(f"{value!r} is not a git repository URL deploy-runs accepts")
         if has_credentials(value):
             # not echoed: the value holds a secret
-            raise ValueError("the URL holds credentials, which would be shown in every run's log "
-                             "and kept in the checkout on the server; give the server access "
-                             "instead (an SSH deploy key, or a git credential helper)")
+            raise ValueError("the URL holds credentials (a password, or in an http(s) URL any "
+                             "name before '@', where tokens go), which every run's log would "
+                             "show and the checkout on the server would keep; give the server "
+                             "access instead (an SSH deploy key, or a git credential helper)")
         return value
 
     @field_validator("branch")
