@@ -24,8 +24,8 @@ over 30 no-change redeploys, 59 requests were retried: label updates (39), flow-
 (10), concurrency-slot requests (8), automation deletes (2). Those requests (`begins_immediate`)
 begin IMMEDIATE here (and a deployment's flow-run creation, deploy-runs' way to start a run),
 through Prefect's hook for the database configuration: then none was
-retried, and 20 deploys requested at once (`bench/scale.py`, SQLite, one sample each) ran
-21.6 a minute instead of 10.6, each taking 8.9 s (median) instead of 75 s.
+retried, and 20 deploys requested at once (`bench/scale.py`, SQLite) ran 21.6-21.7 a minute
+(two samples) instead of 10.6 (one sample), each taking 9-31 s (median) instead of 75 s.
 
     python -m deploy_runs.server --host 127.0.0.1 --port 4200
 """
