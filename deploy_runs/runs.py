@@ -74,9 +74,12 @@ def run_from_prefect(flow_run: FlowRun, task_runs: Sequence[TaskRun],
         services=services_from_labels(labels),
     )
     # Prefect records task runs from events, a little after the flow's own state: a run is
-    # settled once no step is still Running/Pending and - when it completed, so every step
-    # ran or was skipped - every step's task run has arrived (under load this takes seconds)
-    run._settled = not any(t.state and t.state.type in (StateType.RUNNING, StateType.PENDING)
+    # settled once no step is still Running/Pending or without a recorded state yet (a task
+    # run can be read between its row and its state being written: it would show Skipped) and
+    # - when it completed, so every step ran or was skipped - every step's task run has
+    # arrived (under load this takes seconds)
+    run._settled = not any(t.state is None or t.state.type in (StateType.RUNNING,
+                                                               StateType.PENDING)
                            for t in by_step.values()) and (
         status is not RunStatus.COMPLETED or all(name in by_step for name in PLANNED_STEPS))
     return run
