@@ -140,27 +140,29 @@ class AsyncDeployRuns:
         recorded its steps' last states (they trail the run's own), for up to
         RECORDING_SECONDS: read before, a step that ran could show as not run."""
         async with get_client() as client:
-            async def read() -> Run:
-                flow_run = await self._read_flow_run(client, _run_id(run_id))
-                return (await self._assemble(client, [flow_run]))[0]
-
-            return await read_recorded(read)
+            return await read_recorded(lambda: self._read_run(client, run_id))
 
     async def wait(self, run_id: UUID | str, timeout: float = 600.0,
                    poll_interval: float = 0.5) -> Run:
         """Wait until the run has ended (Completed, Failed or Stopped) and return it."""
         deadline = time.monotonic() + timeout
         settle_by = None
-        while True:
-            run = await self.get_run(run_id)
-            if run.status.is_final:
-                # Give Prefect a moment to record the last step's final state.
-                settle_by = settle_by or time.monotonic() + SETTLE_SECONDS
-                if run.settled or time.monotonic() > settle_by:
-                    return run
-            if time.monotonic() > deadline:
-                raise WaitTimeout(f"run {run.id} is still {run.status} after {timeout:g}s")
-            await asyncio.sleep(poll_interval)
+        async with get_client() as client:  # one client for every look (and no nested wait)
+            while True:
+                run = await self._read_run(client, run_id)
+                if run.status.is_final:
+                    # Give Prefect a moment to record the last step's final state.
+                    settle_by = settle_by or time.monotonic() + SETTLE_SECONDS
+                    if run.settled or time.monotonic() > settle_by:
+                        return run
+                if time.monotonic() > deadline:
+                    raise WaitTimeout(f"run {run.id} is still {run.status} after {timeout:g}s")
+                await asyncio.sleep(poll_interval)
+
+    async def _read_run(self, client: PrefectClient, run_id: UUID | str) -> Run:
+        """One look at the run, as recorded now."""
+        flow_run = await self._read_flow_run(client, _run_id(run_id))
+        return (await self._assemble(client, [flow_run]))[0]
 
     async def runs(self, app: str | None = None,
                    status: RunStatus | str | Sequence[RunStatus | str] | None = None,
