@@ -176,6 +176,14 @@ class Application(Block):
     services: list[Service] = Field(min_length=1, description="The services (containers) to run.")
     timeouts: Timeouts = Field(default_factory=Timeouts,
                                description="Per-step and whole-run time limits (seconds).")
+    log_limit_mb: float = Field(
+        100, gt=0, le=100_000,
+        description=(
+            "Most command output stored per step, in MB (million characters). Past it, lines "
+            "are counted, not stored, and the step's log says how many; the command keeps "
+            "running."
+        ),
+    )
     concurrency: ConcurrencyPolicy = Field(
         "queue",
         description=(

@@ -26,6 +26,10 @@ from deploy_runs.errors import (
 )
 
 TAIL_LINES = 40
+# A line longer than this is handed on in pieces of this size as it arrives (LineSplitter)
+MAX_LINE_BYTES = 65536
+# A failure's output tail keeps at most this many characters of a line (head and end)
+TAIL_LINE_CHARS = 2000
 _CHUNK = 65536
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
@@ -36,6 +40,9 @@ class OutputSink(Protocol):
     def command(self, text: str) -> None: ...
 
     def line(self, stream: str, text: str) -> None: ...
+
+    def part(self, stream: str, text: str) -> None:
+        """A piece of a long line that goes on in the next `part` or `line` call."""
 
     def flush(self) -> None:
         """The server has nothing more to say for now: hand on what is buffered."""
@@ -65,28 +72,68 @@ class CommandResult:
     tail: list[str]
 
 
+class LinePart(str):
+    """A piece of a line longer than `MAX_LINE_BYTES`; the line goes on in the next piece
+    (a `LinePart` again, or a plain `str` that ends it)."""
+
+
 class LineSplitter:
     """Turns a byte stream into text lines: \\n, \\r\\n and bare \\r (progress output) end a line.
 
-    Bytes that are not UTF-8 are kept visible as \\xNN escapes instead of being dropped.
+    Linear in the stream's size with bounded memory: only new bytes (and at most one held
+    piece) are searched for a line break, and a line longer than `max_line` bytes is handed
+    on in pieces (`LinePart`, cut at a UTF-8 character boundary) as it arrives, so a
+    newline-free stream is never held whole nor scanned again. Bytes that are not UTF-8 are
+    kept visible as \\xNN escapes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self.max_line = max_line
         self._buffer = b""
+        self._in_long_line = False  # a piece was handed on and its line has not ended
 
     def feed(self, data: bytes) -> list[str]:
-        self._buffer += data
+        data = self._buffer + data  # the buffer holds at most max_line bytes (+ a held \r)
         # A \r at the end of a chunk may be the first half of \r\n: the next chunk decides.
-        held_cr = self._buffer.endswith(b"\r")
-        parts = _LINE_BREAK.split(self._buffer[:-1] if held_cr else self._buffer)
+        held_cr = data.endswith(b"\r")
+        parts = _LINE_BREAK.split(data[:-1] if held_cr else data)
         rest = parts.pop()
+        lines: list[str] = [_decode(p) for p in parts]
+        while len(rest) > self.max_line:
+            cut = _char_boundary(rest, self.max_line)
+            lines.append(LinePart(_decode(rest[:cut])))
+            rest = rest[cut:]
         self._buffer = rest + b"\r" if held_cr else rest
-        return [_decode(p) for p in parts]
+        if lines:
+            self._in_long_line = isinstance(lines[-1], LinePart)
+        return lines
 
     def close(self) -> list[str]:
         rest, self._buffer = self._buffer, b""
         rest = rest.rstrip(b"\r")
-        return [_decode(rest)] if rest else []
+        ends_a_line = bool(rest) or self._in_long_line
+        self._in_long_line = False
+        return [_decode(rest)] if ends_a_line else []
+
+
+def _char_boundary(data: bytes, limit: int) -> int:
+    """The largest cut <= limit that does not split a UTF-8 character (when the bytes are
+    UTF-8; other bytes are cut at `limit`)."""
+    for back in range(min(4, limit)):
+        if data[limit - back] & 0xC0 != 0x80:  # not a continuation byte: a character starts
+            return limit - back
+    return limit
+
+
+def clip_line(line: str, limit: int = TAIL_LINE_CHARS) -> str:
+    """A line cut to `limit` characters for a failure's tail: its head and its end (where a
+    long error line usually says what went wrong), and how much was left out."""
+    if len(line) <= limit:
+        return str(line)
+    if isinstance(line, LinePart):  # its end is not known yet
+        return f"{line[:limit]} [... line goes on]"
+    half = limit // 2
+    return f"{line[:half]} [... {len(line) - 2 * half} characters ...] {line[-half:]}"
 
 
 def _decode(data: bytes) -> str:
@@ -245,12 +292,16 @@ class RemoteHost:
 
     # Commands --------------------------------------------------------------------------------
 
-    def run(self, command: Command, sink: OutputSink, *, timeout: float = 600.0,
+    def run(self, command: Command, sink: OutputSink, *, timeout: float | None = None,
             check: bool = True, quiet: bool = False) -> CommandResult:
         """Run `command`, handing each output line to `sink` as the server prints it.
 
-        On timeout, or if the caller is interrupted (Stop), the command's whole process group
-        is killed on the server before the exception leaves this method.
+        The command's time limit is the caller's `deadline` (the step's, set by the step
+        runner from the app's `timeouts`); `timeout` only narrows it for one command. The
+        limit is checked on every pass of the read loop, so a command that prints without
+        pause is killed at it too. On timeout, or if the caller is interrupted (Stop), the
+        command's whole process group is killed on the server before the exception leaves
+        this method.
         """
         text = str(command)
         if self.interrupted:
@@ -267,24 +318,39 @@ class RemoteHost:
         streams = {"stdout": LineSplitter(), "stderr": LineSplitter()}
         pgid: int | None = None
 
+        in_long_line = {"stdout": False, "stderr": False}
+        killed = False
+
         def emit(stream: str, lines: list[str]) -> None:
             nonlocal pgid
             for line in lines:
                 if pgid is None and stream == "stderr" and line.startswith(PID_LINE_PREFIX):
                     pgid = self._running_pgid = int(line[len(PID_LINE_PREFIX):])
                     continue
-                tail.append(line)
-                sink.line(stream, line)
+                if not in_long_line[stream]:  # a long line is in the tail by its start
+                    tail.append(clip_line(line))
+                in_long_line[stream] = isinstance(line, LinePart)
+                if in_long_line[stream]:
+                    sink.part(stream, line)
+                else:
+                    sink.line(stream, line)
 
         started = time.monotonic()
-        deadline, why = started + timeout, f"command timed out after {timeout:g}s"
+        deadline, why = float("inf"), ""
+        if timeout is not None:
+            deadline, why = started + timeout, f"command timed out after {timeout:g}s"
         if self.deadline is not None and self.deadline[0] < deadline:
             deadline, why = self.deadline
         try:
             while True:
-                if self.interrupted and (pgid is not None or time.monotonic() - started > 2):
-                    self._kill(pgid)
+                now = time.monotonic()
+                if self.interrupted and (pgid is not None or now - started > 2):
+                    killed = self._kill(pgid)
                     raise StepStopped(self.interrupted)
+                if now > deadline:
+                    killed = self._kill(pgid)
+                    raise CommandTimedOut(text, None, list(tail),
+                                          f"{why}; the command was killed on the server")
                 # Read EOF before the buffers: paramiko's transport thread buffers all of the
                 # output before it marks EOF, so output that arrives between a read finding
                 # nothing and an EOF check made after it would be left behind (up to a window,
@@ -304,10 +370,6 @@ class RemoteHost:
                     break
                 if not self.is_connected():
                     raise ConnectionLost(self._lost(text))
-                if time.monotonic() > deadline:
-                    self._kill(pgid)
-                    raise CommandTimedOut(text, None, list(tail),
-                                          f"{why}; the command was killed on the server")
                 select.select([channel], [], [], 0.2)
             for name, splitter in streams.items():
                 emit(name, splitter.close())
@@ -316,7 +378,7 @@ class RemoteHost:
         except BaseException:
             sink.flush()  # every line received so far is kept
             # Interrupted (Stop, timeout, lost connection): leave nothing running on the server.
-            if channel.exit_status_ready() is False:
+            if not killed and channel.exit_status_ready() is False:
                 self._kill(pgid)
             channel.close()
             raise
@@ -365,10 +427,11 @@ class RemoteHost:
         return (f"the SSH connection to {self.address.label} was lost while running "
                 f"$ {text}; every line received before that is kept in the log")
 
-    def _kill(self, pgid: int | None) -> None:
-        """Kill a command's process group on the server; best effort, never raises."""
+    def _kill(self, pgid: int | None) -> bool:
+        """Kill a command's process group on the server; best effort, never raises. True
+        when a kill was sent."""
         if pgid is None:
-            return
+            return False
         kill = str(kill_process_group(pgid))
         try:
             if self.is_connected():
@@ -376,12 +439,13 @@ class RemoteHost:
                 channel.exec_command(kill)
                 channel.recv_exit_status()
                 channel.close()
-                return
+                return True
             with RemoteHost(self.address) as fresh:
                 fresh.run(kill_process_group(pgid), _NullSink(), timeout=10, check=False,
                           quiet=True)
         except Exception:
             pass
+        return True
 
     # Files and ports -------------------------------------------------------------------------
 
@@ -409,6 +473,9 @@ class _NullSink:
     def line(self, stream: str, text: str) -> None:
         pass
 
+    def part(self, stream: str, text: str) -> None:
+        pass
+
     def flush(self) -> None:
         pass
 
@@ -419,15 +486,22 @@ class CollectingSink:
     def __init__(self, forward: OutputSink | None = None) -> None:
         self.forward = forward
         self.lines: list[tuple[str, str]] = []
+        self._parts: dict[str, list[str]] = {}
 
     def command(self, text: str) -> None:
         if self.forward:
             self.forward.command(text)
 
     def line(self, stream: str, text: str) -> None:
-        self.lines.append((stream, text))
+        parts = self._parts.pop(stream, None)
+        self.lines.append((stream, "".join(parts) + text if parts else text))
         if self.forward:
             self.forward.line(stream, text)
+
+    def part(self, stream: str, text: str) -> None:
+        self._parts.setdefault(stream, []).append(text)
+        if self.forward:
+            self.forward.part(stream, text)
 
     def flush(self) -> None:
         if self.forward:

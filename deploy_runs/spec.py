@@ -15,6 +15,7 @@ Prefect deployment. A bad spec is refused before anything is saved, naming the f
         health_check: {type: http, path: /, timeout: 30}
         memory: 256m                 # optional container memory limit
     timeouts: {build: 900, run: 1800}  # optional, seconds (defaults in blocks.Timeouts)
+    log_limit_mb: 100                # optional: most output stored per step; past it, counted
     concurrency: queue               # queue (default) | replace | reject: one active run per app
 """
 
@@ -58,6 +59,8 @@ class AppSpec(BaseModel):
                     "runs on each, in this order.")
     services: list[ServiceSpec] = Field(min_length=1)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    log_limit_mb: float = Field(100, gt=0, le=100_000,
+                                description="Most command output stored per step, in MB.")
     concurrency: ConcurrencyPolicy = "queue"
 
 
@@ -133,7 +136,7 @@ def to_application(spec: AppSpec, server: SSHServer,
             name=spec.name, repository=spec.repository, branch=spec.branch, server=server,
             services=[Service.model_validate(s.model_dump(exclude={"secret_env"}))
                       for s in spec.services],
-            secret_env=secrets, timeouts=spec.timeouts,
+            secret_env=secrets, timeouts=spec.timeouts, log_limit_mb=spec.log_limit_mb,
             concurrency=spec.concurrency, more_servers=spec.server_names[1:],
         )
     except ValidationError as exc:

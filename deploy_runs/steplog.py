@@ -22,6 +22,7 @@ What keeps every line intact through Prefect's log pipeline:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
@@ -244,6 +245,60 @@ def flush_step_logs(timeout: float = 120.0) -> None:
         worker.flush(max(0.0, deadline - time.monotonic()))
 
 
+class LogBudget:
+    """How much of a step's command output is stored: past `limit` characters, lines are
+    counted, not stored (a flood of output cannot fill Prefect's database), and the step's
+    log says so once when it happens and again, with the count, when the step ends."""
+
+    def __init__(self, limit_mb: float, setting: str = "log_limit_mb") -> None:
+        self.limit = int(limit_mb * 1_000_000)
+        self.limit_mb = limit_mb
+        self.setting = setting
+        self.stored = 0
+        self.dropped_lines = 0
+        self.dropped_chars = 0
+
+    def take(self, chars: int, ends_line: bool = True) -> bool:
+        """Whether output of `chars` characters is stored; if not, it is counted."""
+        if self.dropped_chars == 0 and self.stored + chars <= self.limit:
+            self.stored += chars
+            return True
+        self.dropped_chars += chars
+        self.dropped_lines += ends_line
+        return False
+
+    def reached_message(self) -> str:
+        return (f"this step's output has reached its log limit ({self.limit_mb:g} MB, "
+                f"{self.setting}): further lines are counted, not stored; the command keeps "
+                "running")
+
+    def summary(self) -> str | None:
+        if not self.dropped_chars:
+            return None
+        return (f"{self.dropped_lines} line(s) ({self.dropped_chars / 1_000_000:.1f} MB) of "
+                f"output past this step's log limit ({self.limit_mb:g} MB, {self.setting}) "
+                "were counted, not stored; the commands kept running")
+
+
+_budget: contextvars.ContextVar[LogBudget | None] = contextvars.ContextVar(
+    "deploy_runs_step_log_budget", default=None)
+
+
+def begin_log_budget(limit_mb: float) -> LogBudget:
+    """The running step's output budget (read by every `StepLog` made in the step)."""
+    budget = LogBudget(limit_mb)
+    _budget.set(budget)
+    return budget
+
+
+def end_log_budget() -> None:
+    """Say how much output went unstored, if any; the next step has a budget of its own."""
+    budget = _budget.get()
+    _budget.set(None)
+    if budget is not None and (summary := budget.summary()):
+        get_run_logger().warning(summary)
+
+
 class StepLog:
     """An `OutputSink` bound to the current task run.
 
@@ -268,6 +323,7 @@ class StepLog:
         }
         self._pending: dict[str, list[str]] = {name: [] for name in STREAM_LOGGERS}
         self._pending_chars = dict.fromkeys(STREAM_LOGGERS, 0)
+        self._in_long_line: dict[str, bool] = {}
 
     def info(self, message: str, *args: object) -> None:
         self.flush()
@@ -281,21 +337,57 @@ class StepLog:
         self.flush()
         self._command.info("%s$ %s", self.prefix, text)
 
+    def _stored(self, text: str, ends_line: bool) -> bool:
+        budget = _budget.get()
+        if budget is None:
+            return True
+        reached = budget.dropped_chars == 0
+        if budget.take(len(text) + 1, ends_line):
+            return True
+        if reached:
+            self.warning(budget.reached_message())
+        return False
+
     def line(self, stream: str, text: str) -> None:
         stream = stream if stream in self._streams else "stdout"
+        if not self._stored(text, ends_line=True):
+            if self._in_long_line.pop(stream, False):  # end the line its stored pieces began
+                self._send_part(stream, "", last=True)
+            return
+        if self._in_long_line.pop(stream, False):  # the end of a long line
+            self._send_part(stream, text, last=True)
+            return
         text = self.prefix + text
         if len(text) > PART_CHARS:
-            self._flush_stream(stream)
-            whole, part = self._streams[stream]
-            while len(text) > PART_CHARS:
-                part.info("%s", text[:PART_CHARS])
-                text = text[PART_CHARS:]
-            whole.info("%s", text)
+            self._send_part(stream, text, last=True)
             return
         if self._pending_chars[stream] + len(text) > PART_CHARS:
             self._flush_stream(stream)
         self._pending[stream].append(text)
         self._pending_chars[stream] += len(text) + 1
+
+    def part(self, stream: str, text: str) -> None:
+        """A piece of a long line (the executor hands a line on in pieces as it arrives)."""
+        stream = stream if stream in self._streams else "stdout"
+        if not self._stored(text, ends_line=False):
+            return
+        if not self._in_long_line.get(stream):
+            self._in_long_line[stream] = True
+            text = self.prefix + text
+        self._send_part(stream, text, last=False)
+
+    def _send_part(self, stream: str, text: str, *, last: bool) -> None:
+        """Records of the stream's `.part` logger, the last one (when the line ends here)
+        under the stream's own logger: readers join them into one line."""
+        self._flush_stream(stream)
+        whole, part = self._streams[stream]
+        while len(text) > PART_CHARS or (not last and text):
+            wait_for_log_backlog()
+            part.info("%s", text[:PART_CHARS])
+            text = text[PART_CHARS:]
+        if last:
+            wait_for_log_backlog()
+            whole.info("%s", text)
 
     def flush(self) -> None:
         """Send what is waiting (the executor calls this whenever the server is quiet)."""

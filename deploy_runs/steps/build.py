@@ -24,7 +24,6 @@ from deploy_runs.steps.context import DeployContext
 from deploy_runs.steps.step import step
 
 NAME = "Build images"
-TIMEOUT = 1800.0
 
 
 def build_inputs_hash(service: Service, context_object: str, dockerfile_object: str) -> str:
@@ -36,7 +35,7 @@ def build_inputs_hash(service: Service, context_object: str, dockerfile_object: 
 
 def _stdout(host: RemoteHost, command: c.Command, log: StepLog, check: bool = True) -> list[str]:
     sink = CollectingSink(log)
-    result = host.run(command, sink, timeout=TIMEOUT, check=check)
+    result = host.run(command, sink, check=check)
     return sink.stdout().splitlines() if result.exit_code == 0 else []
 
 
@@ -46,7 +45,7 @@ def existing_images(host: RemoteHost, tags: list[str], log: StepLog) -> set[str]
     command = c.docker_image_tags(tags)
     log.command(str(command))
     sink = CollectingSink()
-    result = host.run(command, sink, timeout=TIMEOUT, check=False, quiet=True)
+    result = host.run(command, sink, check=False, quiet=True)
     trouble = [text for stream, text in sink.lines
                if stream == "stderr" and "no such image" not in text.lower()]
     if result.exit_code != 0 and trouble:
@@ -87,7 +86,7 @@ def build_input_objects(host: RemoteHost, ctx: DeployContext, revs: list[str],
     """The git objects of every service's context and Dockerfile; a missing one is named
     with the setting that points at it."""
     sink = CollectingSink(log)
-    result = host.run(c.git_rev_parse(ctx.layout.repo, revs), sink, timeout=TIMEOUT, check=False)
+    result = host.run(c.git_rev_parse(ctx.layout.repo, revs), sink, check=False)
     if result.exit_code == 0:
         return sink.stdout().splitlines()
     short = (ctx.commit or "")[:7]
@@ -133,7 +132,7 @@ def build_images(ctx: DeployContext) -> dict[str, str]:
                                 layout.in_repo(service.context),
                                 c.labels(app=app.name, service=service.name),
                                 service.build_args),
-                 log, timeout=TIMEOUT)
+                 log)
         ctx.releases[service.name] = ServiceRelease(
             name=service.name, image=tag, build="rebuilt", build_reason=reason)
     RunRecorder(ctx.run_id).services(ctx.merged_releases())

@@ -12,7 +12,6 @@ from deploy_runs.steps.context import DeployContext
 from deploy_runs.steps.step import step
 
 NAME = "Fetch source"
-TIMEOUT = 600.0
 
 
 @step(NAME)
@@ -22,20 +21,20 @@ def fetch_source(ctx: DeployContext) -> dict[str, str]:
     app, repo = ctx.app, ctx.layout.repo
 
     # a redeploy finds the checkout: fetching the app's repository into it is the first command
-    fetched = host.run(c.git_fetch(repo, app.repository), log, timeout=TIMEOUT, check=False)
+    fetched = host.run(c.git_fetch(repo, app.repository), log, check=False)
     if fetched.exit_code != 0:
-        if host.run(c.git_is_repo(repo), log, timeout=TIMEOUT, check=False).exit_code == 0:
+        if host.run(c.git_is_repo(repo), log, check=False).exit_code == 0:
             raise CommandFailed(fetched.command, fetched.exit_code, fetched.tail)
-        host.run(c.make_dirs(ctx.layout.root), log, timeout=TIMEOUT)
-        host.run(c.git_clone(app.repository, repo), log, timeout=TIMEOUT)
-        host.run(c.git_fetch(repo, app.repository), log, timeout=TIMEOUT)
+        host.run(c.make_dirs(ctx.layout.root), log)
+        host.run(c.git_clone(app.repository, repo), log)
+        host.run(c.git_fetch(repo, app.repository), log)
 
     # on a second server, the commit the first one resolved (the branch may have moved since)
     wanted = ctx.commit or ctx.ref or app.branch
     commit = None
     for candidate in (f"origin/{wanted}", wanted):
         found = CollectingSink(log)
-        if host.run(c.git_resolve(repo, candidate), found, timeout=TIMEOUT,
+        if host.run(c.git_resolve(repo, candidate), found,
                     check=False).exit_code == 0:
             commit = found.stdout().strip()
             break
@@ -43,10 +42,10 @@ def fetch_source(ctx: DeployContext) -> dict[str, str]:
         raise StepFailed(f"git ref {wanted!r} was not found in {app.repository} "
                          "(no such branch, tag or commit)")
 
-    host.run(c.git_checkout(repo, commit), log, timeout=TIMEOUT)
-    host.run(c.git_clean(repo), log, timeout=TIMEOUT)
+    host.run(c.git_checkout(repo, commit), log)
+    host.run(c.git_clean(repo), log)
     info = CollectingSink(log)
-    host.run(c.git_commit_info(repo, commit), info, timeout=TIMEOUT)
+    host.run(c.git_commit_info(repo, commit), info)
     sha, _, subject = info.stdout().partition("\n")
     ctx.commit, ctx.commit_message = sha.strip(), subject.strip()
     log.info("deploying commit %s: %s", ctx.commit, ctx.commit_message)

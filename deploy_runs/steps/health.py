@@ -93,7 +93,7 @@ def evidence(host: RemoteHost, ctx: DeployContext, service: Service,
     for command in (c.docker_container_state(name), c.docker_port(name),
                     c.docker_container_logs(name, tail=30)):
         sink = CollectingSink(log)
-        result = host.run(command, sink, timeout=30, check=False)
+        result = host.run(command, sink, check=False)
         lines.append(f"$ {result.command}")
         lines += [text for _, text in sink.lines]
         state = state or sink.stdout().strip()
@@ -145,5 +145,5 @@ def health_check(ctx: DeployContext) -> dict[str, str]:
         if release and release.container == "replaced" and \
                 release.container_reason != "new service":
             previous = c.previous_name(c.container_name(ctx.app.name, service.name))
-            host.run(c.docker_remove_container(previous), log, timeout=60, check=False)
+            host.run(c.docker_remove_container(previous), log, check=False)
     return healthy

@@ -21,7 +21,6 @@ from deploy_runs.steps.step import step
 
 NAME = "Provision server"
 PROVISIONING_VERSION = 1
-TIMEOUT = 120.0
 
 
 def provisioning_fingerprint(ctx: DeployContext, docker_version: str, git_version: str) -> str:
@@ -46,10 +45,10 @@ def provision_server(ctx: DeployContext) -> State | None:
         log.warning(note)
     layout = ctx.layout
     marker = CollectingSink(log)
-    done = host.run(c.read_file(layout.provisioned_marker), marker, timeout=TIMEOUT, check=False)
+    done = host.run(c.read_file(layout.provisioned_marker), marker, check=False)
 
     docker_out = CollectingSink(log)
-    docker = host.run(c.docker_server_version(), docker_out, timeout=TIMEOUT, check=False)
+    docker = host.run(c.docker_server_version(), docker_out, check=False)
     if docker.exit_code != 0:
         raise StepFailed(
             f"the Docker engine is not usable by {ctx.server.username} on the server "
@@ -58,7 +57,7 @@ def provision_server(ctx: DeployContext) -> State | None:
             evidence=docker.tail,
         )
     git_out = CollectingSink(log)
-    git = host.run(c.git_version(), git_out, timeout=TIMEOUT, check=False)
+    git = host.run(c.git_version(), git_out, check=False)
     if git.exit_code != 0:
         raise StepFailed("git is not installed on the server: install it (e.g. apt-get "
                          "install git)", evidence=git.tail)
@@ -67,7 +66,7 @@ def provision_server(ctx: DeployContext) -> State | None:
         return Completed(name=SKIPPED_STATE_NAME,
                          message="Already provisioned with the same inputs.")
 
-    host.run(c.make_dirs(layout.root), log, timeout=TIMEOUT)
+    host.run(c.make_dirs(layout.root), log)
     host.write_file(layout.provisioned_marker, wanted.encode() + b"\n", mode=0o644)
     log.info("recorded provisioning fingerprint %s in %s", wanted[:12], layout.provisioned_marker)
     return None

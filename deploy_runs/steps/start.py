@@ -25,7 +25,6 @@ from deploy_runs.steps.context import DeployContext
 from deploy_runs.steps.step import step
 
 NAME = "Start application"
-TIMEOUT = 120.0
 RESTART_POLICY = "unless-stopped"
 
 
@@ -44,7 +43,7 @@ def runtime_config_hash(image: str, service: Service, secrets: dict[str, str]) -
 def current_containers(ctx: DeployContext, log: StepLog) -> dict[str, tuple[str, str]]:
     """Container name -> (runtime config hash, state) for the app's containers."""
     sink = CollectingSink(log)
-    ctx.host().run(c.docker_app_containers(ctx.app.name), sink, timeout=TIMEOUT)
+    ctx.host().run(c.docker_app_containers(ctx.app.name), sink)
     found = {}
     for line in sink.stdout().splitlines():
         name, config, _commit, state, _id = (line.split("\t") + [""] * 5)[:5]
@@ -59,7 +58,7 @@ def port_holder(ctx: DeployContext, service: Service, exc: CommandFailed,
                for line in exc.output_tail):
         return None
     sink = CollectingSink(log)
-    ctx.host().run(c.docker_publishers(service.host_port), sink, timeout=TIMEOUT, check=False)
+    ctx.host().run(c.docker_publishers(service.host_port), sink, check=False)
     names = [n for n in sink.stdout().split() if n]
     return (f"port {service.host_port} is published by container(s): {', '.join(names)}"
             if names else f"port {service.host_port} is not published by any container: "
@@ -111,11 +110,11 @@ def _start_services(ctx: DeployContext, log: StepLog, running: dict[str, tuple[s
             # A NAME-previous is there if an earlier run's release failed (kept for rolling
             # back by hand), or if something else took the name: it goes first.
             renamed = previous not in running and host.run(
-                c.docker_rename(name, previous), log, timeout=TIMEOUT, check=False).exit_code == 0
+                c.docker_rename(name, previous), log, check=False).exit_code == 0
             if not renamed:
-                host.run(c.docker_remove_container(previous), log, timeout=TIMEOUT, check=False)
-                host.run(c.docker_rename(name, previous), log, timeout=TIMEOUT)
-            host.run(c.docker_stop(previous), log, timeout=TIMEOUT)
+                host.run(c.docker_remove_container(previous), log, check=False)
+                host.run(c.docker_rename(name, previous), log)
+            host.run(c.docker_stop(previous), log)
         run = c.docker_run(
             name, image,
             ports=[(service.host_port, service.container_port)],
@@ -124,17 +123,17 @@ def _start_services(ctx: DeployContext, log: StepLog, running: dict[str, tuple[s
                                   run=str(ctx.run_id), config=config),
         )
         try:
-            host.run(run, log, timeout=TIMEOUT)
+            host.run(run, log)
         except CommandFailed as exc:
             # `docker run` may leave the container created but not started: remove it
-            host.run(c.docker_remove_container(name), log, timeout=TIMEOUT, check=False)
+            host.run(c.docker_remove_container(name), log, check=False)
             held = port_holder(ctx, service, exc, log)
             if current is None:
                 if held:
                     exc.output_tail.append(held)
                 raise
-            host.run(c.docker_rename(previous, name), log, timeout=TIMEOUT)
-            host.run(c.docker_start(name), log, timeout=TIMEOUT)
+            host.run(c.docker_rename(previous, name), log)
+            host.run(c.docker_start(name), log)
             raise StepFailed(
                 f"{service.name}: the new container could not start ({exc.output_tail[-1:]}); "
                 f"the previous container was put back and is running again as {name}",

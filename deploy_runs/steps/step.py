@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from deploy_runs.status import SKIPPED_STATE_NAME
-from deploy_runs.steplog import StepLog, flush_step_logs
+from deploy_runs.steplog import StepLog, begin_log_budget, end_log_budget, flush_step_logs
 from deploy_runs.steps.context import DeployContext
 
 
@@ -25,12 +25,14 @@ def step(name: str) -> Callable[[Callable[[DeployContext], Any]], Task]:
         @functools.wraps(fn)
         def body(ctx: DeployContext) -> Any:
             ctx.begin_step(name)
+            begin_log_budget(ctx.app.log_limit_mb)
             try:
                 if not ctx.multi:
                     return fn(ctx)
                 return _on_each_server(fn, ctx)
             finally:
                 ctx.current = 0
+                end_log_budget()
                 flush_step_logs()
 
         return task(name=name, task_run_name=name, cache_policy=NO_CACHE,

@@ -15,34 +15,40 @@ from prefect.events.worker import EventsWorker
 from blocks import SSHServer
 from deploy_runs.commands import cmd
 from deploy_runs.remote import RemoteHost, ServerAddress
-from deploy_runs.steplog import StepLog, flush_step_logs
+from deploy_runs.steplog import StepLog, begin_log_budget, end_log_budget, flush_step_logs
 
 STEP = "Build images"
 
 
 @task(name=STEP, task_run_name=STEP, cache_policy=NO_CACHE, persist_result=False)
-def run_scripts(server: str, scripts: list[str]) -> None:
+def run_scripts(server: str, scripts: list[str], log_limit_mb: float | None = None) -> None:
     block = SSHServer.load(server)
     address = ServerAddress(block.host, block.port, block.username,
                             block.private_key.get_secret_value(), block.host_key)
+    if log_limit_mb is not None:  # as a deploy step does with the app's log_limit_mb
+        begin_log_budget(log_limit_mb)
     log = StepLog()
     try:
         with RemoteHost(address) as host:
             for script in scripts:
                 host.run(cmd("sh", "-c", script), log, timeout=120)
     finally:
+        end_log_budget()
         flush_step_logs()
 
 
 @flow(name="log-cases", persist_result=False)
-def log_cases(app: str, server: str, scripts: list[str]) -> None:
-    run_scripts(server, scripts)
+def log_cases(app: str, server: str, scripts: list[str],
+              log_limit_mb: float | None = None) -> None:
+    run_scripts(server, scripts, log_limit_mb)
 
 
-def run_log_cases(app: str, scripts: list[str], server: str = "sandbox-local"):
+def run_log_cases(app: str, scripts: list[str], server: str = "sandbox-local",
+                  log_limit_mb: float | None = None):
     """Run the scripts; returns the flow run's final state (its id is the run id)."""
     with tags("deploy-runs", f"app:{app}"):
-        return log_cases(app=app, server=server, scripts=scripts, return_state=True)
+        return log_cases(app=app, server=server, scripts=scripts, log_limit_mb=log_limit_mb,
+                         return_state=True)
 
 
 @task(name=STEP, task_run_name=STEP, cache_policy=NO_CACHE, persist_result=False)

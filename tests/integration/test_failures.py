@@ -267,6 +267,27 @@ def test_slow_build_past_the_step_timeout_is_killed_and_command_timeout(client, 
     assert not server_processes(f"echo {marker}"), "the build command still runs on the server"
 
 
+@pytest.mark.parametrize("command", [
+    "yes {marker}",  # prints without pause
+    # ~10,000 lines a second, for ever
+    "while true; do seq 1 100 | sed s/^/{marker}/; usleep 10000; done",
+], ids=["yes", "10k-lines-a-second"])
+def test_a_build_printing_without_pause_is_killed_at_the_step_limit(client, make_app, command):
+    marker = f"flood{uuid.uuid4().hex[:8]}"
+    script = command.format(marker=marker)
+    app = make_app("hello", files={"Dockerfile": f"FROM busybox:latest\nRUN {script}\n"},
+                   spec_changes={"timeouts": {"build": 4}})
+    run = check_failed(deploy_here(client, app.name), "Build images", "command-timeout",
+                       "command-timeout")
+    assert run.error.timed_out and "step timed out after 4s (timeouts.build)" in run.error.message
+    step = run.step("Build images")
+    # killed at the limit, not when the output pauses (it never does): the step's time is
+    # the limit plus what it takes to kill and to store the lines already read
+    assert step.duration < 4 + 4, step.duration
+    assert not server_processes(marker), "the build command still runs on the server"
+    assert all(len(line) <= 4000 for line in run.error.output_tail)
+
+
 def test_a_run_past_its_run_timeout_is_stopped_and_fails_with_command_timeout(client, make_app):
     marker = f"slowrun{uuid.uuid4().hex[:8]}"
     app = make_app("hello", files={"Dockerfile": f"FROM busybox:latest\nRUN echo {marker} && "

@@ -191,3 +191,23 @@ def test_cli_logs_prints_step_headers_commands_and_output(client, make_app):
     assert out[0] == "── Build images ──"
     assert any(line.startswith("$ docker build --tag deploy-runs/") for line in out)
     assert any(line.startswith("Successfully tagged") for line in out)
+
+
+def test_output_past_the_log_limit_is_counted_not_stored_and_said(client, server_blocks):
+    # 0.05 MB: the first ~50,000 characters are stored; the rest of 30,000 lines is counted
+    script = "seq 1 30000; echo 'after the flood' >&2; head -c 300000 /dev/zero | tr '\\000' z"
+    state = run_log_cases("t-logs-limit", [script, "echo next command"], log_limit_mb=0.05)
+    assert state.is_completed(), state
+    lines = list(client.logs(run_id_of(state), step="Build images", follow=True))
+    out = [line.text for line in lines if line.stream == "stdout"]
+    assert out[:3] == ["1", "2", "3"] and "30000" not in out and "next command" not in out
+    stored = sum(len(text) + 1 for text in out)
+    assert 45_000 < stored <= 50_000, stored
+    said = [line.text for line in lines if line.stream == "log"]
+    reached = [t for t in said if "reached its log limit (0.05 MB, log_limit_mb)" in t]
+    assert len(reached) == 1 and "the command keeps running" in reached[0], said
+    # the rest was counted (both streams, both commands, the 300,000-character line) and said
+    summary = [t for t in said if "past this step's log limit" in t]
+    dropped_lines = 30000 - len(out) + 1 + 1 + 1
+    assert len(summary) == 1 and summary[0].startswith(f"{dropped_lines} line(s)"), summary
+    assert "the commands kept running" in summary[0]

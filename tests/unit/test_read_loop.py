@@ -106,3 +106,149 @@ def test_output_and_eof_arriving_together_after_an_empty_read_are_all_read():
     result = host.run(cmd("sh", "-c", "for i in 1 2 3 4; do echo line $i; done"), sink)
     assert result.exit_code == 0
     assert sink.lines == [("stdout", f"line {i}") for i in range(1, 5)]
+
+
+class FloodChannel:
+    """Always has output waiting (a command printing without pause); records what was run
+    on the server besides the command itself (the kill of its process group)."""
+
+    def __init__(self) -> None:
+        self.eof_received = False
+        self.closed = False
+        self.sent_pgid = False
+        self.reads = 0
+
+    def exec_command(self, command: str) -> None:
+        pass
+
+    def recv_ready(self) -> bool:
+        return True
+
+    def recv(self, n: int) -> bytes:
+        self.reads += 1
+        return b"y\n" * 1000
+
+    def recv_stderr_ready(self) -> bool:
+        return not self.sent_pgid
+
+    def recv_stderr(self, n: int) -> bytes:
+        self.sent_pgid = True
+        return b"__deploy_runs_pgid=4242\n"
+
+    def exit_status_ready(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FloodTransport:
+    def __init__(self, channel: FloodChannel) -> None:
+        self.channel = channel
+        self.kills: list[str] = []
+
+    def is_active(self) -> bool:
+        return True
+
+    def open_session(self, timeout: float | None = None):
+        if self.channel.closed or self.channel.reads:  # a second session: the kill
+            transport = self
+
+            class Kill:
+                def exec_command(self, command: str) -> None:
+                    transport.kills.append(command)
+
+                def recv_exit_status(self) -> int:
+                    return 0
+
+                def close(self) -> None:
+                    pass
+
+            return Kill()
+        return self.channel
+
+
+def test_a_command_that_prints_without_pause_is_killed_at_its_deadline():
+    import time
+
+    import pytest
+
+    from deploy_runs.errors import CommandTimedOut
+
+    channel = FloodChannel()
+    transport = FloodTransport(channel)
+    host = RemoteHost(ServerAddress("127.0.0.1", 22, "deploy", "unused-key", None))
+    host._client = type("C", (), {"get_transport": lambda self: transport})()  # type: ignore
+    host.deadline = (time.monotonic() + 0.3, "step timed out after 0.3s (timeouts.build)")
+    sink = Sink()
+    started = time.monotonic()
+    with pytest.raises(CommandTimedOut) as caught:
+        host.run(cmd("yes"), sink)
+    assert time.monotonic() - started < 5  # not hours: the flood did not hide the deadline
+    assert "step timed out after 0.3s (timeouts.build)" in str(caught.value)
+    assert transport.kills == ["kill -KILL -- -4242"]  # the process group, on the server
+    assert channel.reads > 1 and sink.lines[:2] == [("stdout", "y"), ("stdout", "y")]
+
+
+class QuietChannel(FloodChannel):
+    """A command that prints nothing for `passes` passes of the read loop, then ends."""
+
+    def __init__(self, passes: int) -> None:
+        super().__init__()
+        self.passes = passes
+        self._fd_r, self._fd_w = os.pipe()
+        os.write(self._fd_w, b"x")  # select() on the channel returns at once
+
+    def recv_ready(self) -> bool:
+        self.passes -= 1
+        if self.passes <= 0:
+            self.eof_received = True
+        return False
+
+    def fileno(self) -> int:
+        return self._fd_r
+
+    def exit_status_ready(self) -> bool:
+        return self.eof_received
+
+    def recv_exit_status(self) -> int:
+        return 0
+
+
+def test_the_step_limit_is_the_only_limit_of_a_command(monkeypatch):
+    # a build step allowed an hour (timeouts.build: 3600) runs a 40-minute command: nothing
+    # kills it at the old hidden 1800 s per-command cap. The clock moves a minute a pass.
+
+    from deploy_runs import remote
+
+    now = [1000.0]
+
+    def clock() -> float:
+        now[0] += 60
+        return now[0]
+
+    monkeypatch.setattr(remote.time, "monotonic", clock)
+    channel = QuietChannel(passes=40)
+    transport = FloodTransport(channel)
+    host = RemoteHost(ServerAddress("127.0.0.1", 22, "deploy", "unused-key", None))
+    host._client = type("C", (), {"get_transport": lambda self: transport})()  # type: ignore
+    host.deadline = (now[0] + 3600, "step timed out after 3600s (timeouts.build)")
+    assert host.run(cmd("docker", "build", "."), Sink()).exit_code == 0
+    assert now[0] - 1000 > 1800 and transport.kills == []
+
+
+def test_steps_leave_command_limits_to_the_step():
+    # one place states each step's limit (the app's timeouts): no step gives a command a
+    # limit of its own
+    import ast
+    from pathlib import Path
+
+    steps = Path(__file__).resolve().parents[2] / "deploy_runs" / "steps"
+    capped = []
+    for path in steps.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr == "run" \
+                    and any(k.arg == "timeout" for k in node.keywords):
+                capped.append(f"{path.name}:{node.lineno}")
+    assert capped == []
