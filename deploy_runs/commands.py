@@ -114,9 +114,18 @@ def git_fetch(repo: str, url: str) -> Command:
                "+refs/heads/*:refs/remotes/origin/*")
 
 
+def _revision(rev: str) -> str:
+    """A revision argument that git cannot take for an option. (`rev-parse` learned
+    `--end-of-options` only in git 2.30; servers run older ones, e.g. 2.25 on Ubuntu 20.04,
+    where it is taken for a revision and every lookup fails.)"""
+    if not rev or rev.startswith("-"):
+        raise ValueError(f"not a git revision: {rev!r}")
+    return rev
+
+
 def git_resolve(repo: str, rev: str) -> Command:
-    return cmd("git", "-C", repo, "rev-parse", "--verify", "--quiet", "--end-of-options",
-               f"{rev}^{{commit}}")
+    return cmd("git", "-C", repo, "rev-parse", "--verify", "--quiet",
+               _revision(f"{rev}^{{commit}}"))
 
 
 def git_checkout(repo: str, commit: str) -> Command:
@@ -128,7 +137,7 @@ def git_clean(repo: str) -> Command:
 
 
 def git_rev_parse(repo: str, revs: list[str]) -> Command:
-    return cmd("git", "-C", repo, "rev-parse", "--end-of-options", *revs)
+    return cmd("git", "-C", repo, "rev-parse", *map(_revision, revs))
 
 
 def git_changed_files(repo: str, old: str, new: str, paths: list[str]) -> Command:

@@ -55,8 +55,13 @@ def test_git_commands_cannot_be_turned_into_options():
     assert c.git_clone("-oProxyCommand=x", "dest").argv[-3] == "--"
     assert c.git_fetch("repo", "-oProxyCommand=x").argv[-3:] == (
         "--", "-oProxyCommand=x", "+refs/heads/*:refs/remotes/origin/*")
-    assert "--end-of-options" in c.git_resolve("repo", "main").argv
+    # without --end-of-options, which rev-parse takes for a revision before git 2.30
     assert c.git_resolve("repo", "origin/main").argv[-1] == "origin/main^{commit}"
+    for rev in ("-oProxyCommand=x", "--output=/etc/passwd"):
+        with pytest.raises(ValueError):
+            c.git_resolve("repo", rev)
+        with pytest.raises(ValueError):
+            c.git_rev_parse("repo", ["abc^{tree}", rev])
 
 
 def test_layout_is_relative_to_the_users_home():
