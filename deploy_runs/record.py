@@ -11,6 +11,7 @@ from uuid import UUID
 from prefect.client.orchestration import get_client
 
 from deploy_runs.api import write_labels
+from deploy_runs.diagnosis import cause_line
 from deploy_runs.errors import CommandFailed, CommandTimedOut, StepFailed, StepTimedOut
 from deploy_runs.inputs import step_inputs
 from deploy_runs.models import Failure, ServiceRelease
@@ -80,7 +81,12 @@ def failure_from_exception(step: str, exc: BaseException | None) -> Failure:
 
 def _failure_from_exception(step: str, exc: BaseException | None) -> Failure:
     if isinstance(exc, CommandFailed):
-        return Failure(step=step, message=str(exc).split("\n", 1)[0], command=exc.command,
+        # the headline is what broke (e.g. the build's error line), not "command exited with
+        # code 1"; the command and its exit code are kept apart
+        said = str(exc).split("\n", 1)[0]
+        own = said.removesuffix(f": $ {exc.command}")
+        cause = cause_line([own, *exc.output_tail], step)
+        return Failure(step=step, message=cause or said, command=exc.command,
                        exit_code=exc.exit_code, output_tail=exc.output_tail,
                        timed_out=isinstance(exc, CommandTimedOut))
     if isinstance(exc, StepFailed):

@@ -16,6 +16,7 @@ import json
 
 from blocks import Service
 from deploy_runs import commands as c
+from deploy_runs.diagnosis import cause_line
 from deploy_runs.errors import CommandFailed, StepFailed
 from deploy_runs.models import ServiceRelease
 from deploy_runs.record import RunRecorder
@@ -134,8 +135,9 @@ def _start_services(ctx: DeployContext, log: StepLog, running: dict[str, tuple[s
                 raise
             host.run(c.docker_rename(previous, name), log)
             host.run(c.docker_start(name), log)
+            cause = cause_line(exc.output_tail, NAME) or f"exit code {exc.exit_code}"
             raise StepFailed(
-                f"{service.name}: the new container could not start ({exc.output_tail[-1:]}); "
+                f"{service.name}: the new container could not start ({cause}); "
                 f"the previous container was put back and is running again as {name}",
                 evidence=exc.output_tail + ([held] if held else [])) from None
         ctx.releases[service.name] = release.model_copy(

@@ -13,8 +13,10 @@ from typing import Any
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import State
+from prefect.states import Failed, State
 
+from deploy_runs.errors import RemoteError, StepFailed
+from deploy_runs.record import failure_from_exception
 from deploy_runs.status import SKIPPED_STATE_NAME
 from deploy_runs.steplog import StepLog, begin_log_budget, end_log_budget, flush_step_logs
 from deploy_runs.steps.context import DeployContext
@@ -30,6 +32,11 @@ def step(name: str) -> Callable[[Callable[[DeployContext], Any]], Task]:
                 if not ctx.multi:
                     return fn(ctx)
                 return _on_each_server(fn, ctx)
+            except (RemoteError, StepFailed) as exc:
+                # The step failed: its task run's state says what broke, in one line, not
+                # Prefect's "Task run encountered an exception CommandFailed: command exited
+                # with code 1: $ ...". The exception goes on to the flow as the state's data.
+                return Failed(message=failure_from_exception(name, exc).message, data=exc)
             finally:
                 ctx.current = 0
                 end_log_budget()

@@ -1,10 +1,14 @@
-"""Diagnosis rules against the real failure outputs kept in tests/fixtures/failures (each one
-produced in the sandbox by tests/integration/test_failures.py), and the parts around them:
+"""Diagnosis rules against real failure outputs: those kept in tests/fixtures/failures (each one
+produced in the sandbox by tests/integration/test_failures.py) and the wordings in
+tests/fixtures/wording (each quoted from a tool's source or from an output users posted, with
+the versions that print it: Docker 20.10 to 29, BuildKit and the legacy builder, OpenSSH,
+paramiko, git, curl, wget); hostile inputs for every rule; and the parts around them:
 signatures, history, suggesters."""
 
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import pytest
 
 from blocks import Application, Service, SSHServer
 from deploy_runs.diagnosis import (
+    RULES,
     FailureContext,
     diagnose,
     normalise,
@@ -24,6 +29,9 @@ from deploy_runs.diagnosis import (
 from deploy_runs.models import Failure, Suggestion, SuggestionKind
 
 FIXTURES = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "failures").glob("*.json"))
+WORDING = [case for path in sorted((Path(__file__).resolve().parents[1] / "fixtures"
+                                    / "wording").glob("*.json"))
+           for case in json.loads(path.read_text())]
 KINDS = set(SuggestionKind.__args__)  # type: ignore[attr-defined]
 
 
@@ -59,6 +67,26 @@ def test_real_output_is_diagnosed_most_specific_first(path):
 def test_real_output_is_diagnosed_without_the_step_too(path):
     failure, kind = load(path)
     assert diagnose(failure.text())[0].kind == kind
+
+
+def test_every_kind_is_recognised_in_the_wording_of_several_tools_and_versions():
+    kinds = {case["expected_kind"] for case in WORDING} - {None}
+    assert kinds == KINDS, f"kinds without a quoted wording: {sorted(KINDS - kinds)}"
+    assert len({case["case"] for case in WORDING}) == len(WORDING), "case names are unique"
+    assert all(case["source"] and case["text"] for case in WORDING)
+    assert sum(case["expected_kind"] is None for case in WORDING) >= 10
+
+
+@pytest.mark.parametrize("case", WORDING, ids=[c["case"] for c in WORDING])
+def test_real_wording_is_diagnosed_as_its_kind_first(case):
+    found = diagnose(case["text"], case["step"])
+    if case["expected_kind"] is None:  # mentions error words but is no known failure
+        assert found == [], [(s.kind, s.evidence) for s in found]
+        return
+    assert found, case["text"]
+    assert found[0].kind == case["expected_kind"], [(s.kind, s.evidence) for s in found]
+    assert found[0].evidence and found[0].evidence in case["text"]
+    assert found[0].title and found[0].detail
 
 
 def test_nothing_recognised_gives_no_suggestion():
@@ -133,3 +161,102 @@ def test_suggesters_add_replace_and_never_break_the_report():
     finally:
         unregister_suggester(replaces)
     assert [s.kind for s in suggest(failure, context)] == ["git-ref-not-found"]
+
+
+# --- hostile input: nothing in a failure's text can stall a run ---------------------------
+
+MB = 1_000_000
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The literal text a pattern starts with (what a hostile line repeats to make a rule try
+    again and again)."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern[i] == "\\" and i + 1 < len(pattern) and not pattern[i + 1].isalnum():
+            out, i = out + pattern[i + 1], i + 2
+        elif pattern[i] in ".^$*+?{}[]()|\\":
+            break
+        else:
+            out, i = out + pattern[i], i + 1
+    return out
+
+
+def _hostile_texts() -> list[tuple[str, str]]:
+    prefixes = {_literal_prefix(p.pattern) for rule in RULES for p in rule.patterns} - {""}
+    # and the start of every real line a rule recognises (its words, its punctuation)
+    starts = {line[:max(1, len(line) // 2)][:40] for case in WORDING
+              for line in case["text"].splitlines() if line.strip()} - prefixes
+    texts = [("slashes", "/" * MB), ("spaces", " " * MB), ("quotes", '"' * MB),
+             ("newlines", "\n" * MB), ("ansi", "\x1b[91m" * (MB // 5))]
+    for prefix in sorted(prefixes | starts):
+        texts.append((f"{prefix!r} repeated", (prefix * (MB // len(prefix) + 1))[:MB]))
+    for prefix in sorted(prefixes):
+        for fill in "/ \"'":
+            texts.append((f"{prefix!r} then {fill!r}", prefix + fill * MB))
+    return texts
+
+
+def test_every_rule_reads_a_one_megabyte_line_of_any_content_in_under_50_ms():
+    slow = []
+    for name, text in _hostile_texts():
+        best = float("inf")
+        for _ in range(3):  # the best of three: a busy machine does not fail the test
+            started = time.perf_counter()
+            diagnose(text)
+            best = min(best, time.perf_counter() - started)
+            if best < 0.05:
+                break
+        if best >= 0.05:
+            slow.append((name[:80], round(best, 3)))
+    assert slow == []
+
+
+def test_a_huge_failure_is_read_in_bounded_parts():
+    line = "x" * MB + " no space left on device"
+    [found] = diagnose(line)
+    assert found.kind == "disk-full" and len(found.evidence) <= 500
+    failure = Failure(step="Build images", message="y" * MB)
+    started = time.perf_counter()
+    sig = signature(failure)
+    assert time.perf_counter() - started < 0.05 and len(sig) < 300
+
+
+# --- the headline ------------------------------------------------------------------------
+
+def test_the_headline_is_the_line_that_shows_the_cause_never_a_usage_hint():
+    from deploy_runs.diagnosis import cause_line
+
+    port = ["docker: Error response from daemon: driver failed programming external "
+            "connectivity on endpoint shop-web (3f2a): Bind for 0.0.0.0:8080 failed: port is "
+            "already allocated", "", "Run 'docker run --help' for more information"]
+    assert cause_line(port, "Start application").endswith("port is already allocated")
+    buildkit = ["#8 0.412 make: *** No targets specified and no makefile found.  Stop.",
+                '#8 ERROR: process "/bin/sh -c make" did not complete successfully: exit code: 2',
+                "------", " > [4/4] RUN make:", "------", "   4 | >>> RUN make",
+                'ERROR: failed to solve: process "/bin/sh -c make" did not complete '
+                "successfully: exit code: 2"]
+    assert cause_line(buildkit) == ('process "/bin/sh -c make" did not complete successfully: '
+                                    "exit code: 2")
+    # nothing diagnosed: the last line that reads as an error
+    assert cause_line(["Step 3/4 : RUN ./configure", "checking for cc... no",
+                       "configure: error: no acceptable C compiler found in $PATH",
+                       "See 'docker build --help'."]) == (
+        "configure: error: no acceptable C compiler found in $PATH")
+    assert cause_line(["hello", "world"]) is None
+    assert len(cause_line(["error: " + "x" * 5000])) == 300
+
+
+def test_a_failed_command_is_headed_by_its_cause_not_its_exit_code():
+    from deploy_runs.errors import CommandFailed
+    from deploy_runs.record import failure_from_exception
+
+    exc = CommandFailed("docker build --tag x .", 1, [
+        "#5 0.192 error: missing dependency libfoo",
+        "#5 ERROR: executor failed running [/bin/sh -c make]: exit code: 3"])
+    failure = failure_from_exception("Build images", exc)
+    assert failure.message == "executor failed running [/bin/sh -c make]: exit code: 3"
+    assert (failure.command, failure.exit_code) == ("docker build --tag x .", 1)
+    # nothing in the output reads as an error: what happened, with the command
+    quiet = failure_from_exception("Build images", CommandFailed("true", 1, ["ok"]))
+    assert quiet.message == "command exited with code 1: $ true"
