@@ -1,7 +1,11 @@
 """The hosts of the sandbox and their SSH servers.
 
-``local`` is sshd on 127.0.0.1:2222 using the main engine; a namespace host ``NAME`` is sshd on
-10.200.N.2:22 inside netns ``dr-NAME``, whose sessions use that namespace's own engine.
+``local`` is sshd on 127.0.0.1:2222 using the main engine; ``buildkit`` is sshd on
+127.0.0.1:2223 using the same engine, whose sessions build with BuildKit (as Docker 23 and later
+do by default): Debian's docker CLI (20.10, which has BuildKit built in) with
+``DOCKER_BUILDKIT=1``, where ``local`` builds with the legacy builder. A namespace host ``NAME``
+is sshd on 10.200.N.2:22 inside netns ``dr-NAME``, whose sessions use that namespace's own
+engine.
 """
 
 from __future__ import annotations
@@ -30,8 +34,13 @@ from .processes import (
 log = logging.getLogger("deploy_runs.sandbox")
 
 LOCAL_NAME = "local"
+BUILDKIT_NAME = "buildkit"
 LOCAL_ADDR = "127.0.0.1"
 LOCAL_SSH_PORT = 2222
+BUILDKIT_SSH_PORT = 2223
+# The session environment of the BuildKit host: Debian's CLI (its BuildKit client is built
+# in; the newer CLI a machine may have in /usr/local/bin needs the buildx plugin for it)
+BUILDKIT_ENV = ("DOCKER_BUILDKIT=1", "PATH=/usr/bin:/bin:/usr/sbin:/sbin")
 NETNS_SSH_PORT = 22
 GIT_PORT = 9418
 MAIN_DOCKER_HOST = "unix:///var/run/docker.sock"
@@ -46,11 +55,15 @@ class HostSpec:
 
     lay: Layout
     name: str
-    ns: NetnsHost | None  # None for the loopback host
+    ns: NetnsHost | None  # None for the loopback hosts
 
     @classmethod
     def local(cls, lay: Layout) -> HostSpec:
         return cls(lay, LOCAL_NAME, None)
+
+    @classmethod
+    def buildkit(cls, lay: Layout) -> HostSpec:
+        return cls(lay, BUILDKIT_NAME, None)
 
     @classmethod
     def namespaced(cls, lay: Layout, ns: NetnsHost) -> HostSpec:
@@ -59,7 +72,13 @@ class HostSpec:
     @property
     def label(self) -> str:
         """Prefix of this host's component names in ``SandboxInfo.running``."""
-        return "" if self.ns is None else f"{self.name}:"
+        return "" if self.name == LOCAL_NAME else f"{self.name}:"
+
+    @property
+    def session_env(self) -> tuple[str, ...]:
+        """Environment of the SSH sessions (the commands a deploy runs)."""
+        extra = BUILDKIT_ENV if self.name == BUILDKIT_NAME else ()
+        return (f"DOCKER_HOST={self.docker_host}", *extra)
 
     @property
     def dir(self) -> Path:
@@ -71,7 +90,9 @@ class HostSpec:
 
     @property
     def port(self) -> int:
-        return NETNS_SSH_PORT if self.ns else LOCAL_SSH_PORT
+        if self.ns:
+            return NETNS_SSH_PORT
+        return BUILDKIT_SSH_PORT if self.name == BUILDKIT_NAME else LOCAL_SSH_PORT
 
     @property
     def docker_host(self) -> str:
@@ -141,7 +162,7 @@ def sshd_config_text(spec: HostSpec) -> str:
         # tests open many connections at once; the default 10:30:100 drops some at random
         "MaxStartups 100:30:200",
         "MaxSessions 100",
-        f"SetEnv DOCKER_HOST={spec.docker_host}",
+        f"SetEnv {' '.join(spec.session_env)}",
         f"Subsystem sftp {SFTP_SERVER}",
         "",
     ])

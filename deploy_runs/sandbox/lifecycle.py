@@ -21,7 +21,7 @@ from .engine import (
     start_ns_engine,
 )
 from .git_daemon import git_daemon_running, git_daemon_target, start_git_daemon
-from .hosts import LOCAL_NAME, HostSpec, check_sshd_port, sshd_running, sshd_target, start_sshd
+from .hosts import BUILDKIT_NAME, LOCAL_NAME, HostSpec, check_sshd_port, sshd_running, sshd_target, start_sshd
 from .layout import Layout, State, locked
 from .models import SandboxHost, SandboxInfo
 from .netns import NetnsHost
@@ -53,9 +53,9 @@ def up(extra_hosts: int = 0) -> SandboxInfo:
 def add_host(name: str) -> SandboxHost:
     """One more network-namespace host ``name``: netns ``dr-<name>`` reached at 10.200.N.2:22,
     with its own engine; idempotent per name.  The git daemon then also listens on 10.200.N.1."""
-    if name == LOCAL_NAME or not _NAME_RE.match(name):
+    if name in (LOCAL_NAME, BUILDKIT_NAME) or not _NAME_RE.match(name):
         raise ValueError(f"invalid host name {name!r}: lowercase letters, digits and '-', "
-                         f"at most 32 characters, not {LOCAL_NAME!r}")
+                         f"at most 32 characters, not {LOCAL_NAME!r} or {BUILDKIT_NAME!r}")
     install()
     lay = Layout.current()
     with locked(lay):
@@ -91,7 +91,8 @@ def down() -> None:
         return
     with locked(lay):
         state = State.load(lay)
-        specs = [HostSpec.local(lay)] + [HostSpec.namespaced(lay, h) for h in state.all()]
+        specs = [HostSpec.local(lay), HostSpec.buildkit(lay)] + [
+            HostSpec.namespaced(lay, h) for h in state.all()]
         stop_all([
             *(sshd_target(s) for s in specs),
             git_daemon_target(lay),
@@ -111,13 +112,14 @@ def status() -> SandboxInfo:
     """What the sandbox consists of and whether each part is alive; starts nothing."""
     lay = Layout.current()
     state = State.load(lay)
-    local = HostSpec.local(lay)
+    local, buildkit = HostSpec.local(lay), HostSpec.buildkit(lay)
     running = {
         "dockerd": engine_answers(MAIN_DOCKER_HOST, timeout=1.0),
         "sshd": sshd_running(local),
+        f"{buildkit.label}sshd": sshd_running(buildkit),
         "git-daemon": git_daemon_running(lay),
     }
-    hosts = [local.model()]
+    hosts = [local.model(), buildkit.model()]
     for h in state.active():
         spec = HostSpec.namespaced(lay, h)
         hosts.append(spec.model())
@@ -135,7 +137,7 @@ def _bring_up(lay: Layout, state: State, *, local: bool, hosts: list[NetnsHost])
     for h in hosts:
         netns.ensure(h)
     ns_specs = [HostSpec.namespaced(lay, h) for h in hosts]
-    specs = [HostSpec.local(lay)] * local + ns_specs
+    specs = [HostSpec.local(lay), HostSpec.buildkit(lay)] * local + ns_specs
     for spec in specs:
         check_sshd_port(spec)  # before anything starts, rather than half-way
 
@@ -150,5 +152,6 @@ def _bring_up(lay: Layout, state: State, *, local: bool, hosts: list[NetnsHost])
     wait_all(pending)
 
     with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
-        for built in [pool.submit(ensure_base_image, s.docker_host) for s in specs]:
+        engines = {s.docker_host: None for s in specs}  # the BuildKit host shares local's
+        for built in [pool.submit(ensure_base_image, host) for host in engines]:
             built.result()

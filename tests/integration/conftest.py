@@ -32,10 +32,35 @@ from deploy_runs.spec import load_server, parse_spec, register, to_application
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
+# The sandbox server each builder is reached by: the legacy builder (`sandbox-local`) and
+# BuildKit (`sandbox-buildkit`, the default builder of Docker 23 and later). Tests marked
+# `builds` (their outcome depends on how images are built) run once with each; the others
+# deploy to `sandbox-local`.
+BUILDER_SERVERS = {"legacy": "sandbox-local", "buildkit": "sandbox-buildkit"}
+_builder = {"name": "legacy"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("builds"):
+        metafunc.parametrize("builder", list(BUILDER_SERVERS), indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def builder(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which builder this test's apps build with (see BUILDER_SERVERS)."""
+    _builder["name"] = getattr(request, "param", "legacy")
+    yield _builder["name"]
+    _builder["name"] = "legacy"
+
+
+def current_builder() -> str:
+    return _builder["name"]
 
 
 def free_port() -> int:
@@ -146,7 +171,8 @@ def make_app(sandbox_info, server_blocks, worker, docker_client, tmp_path_factor
     made: list[SampleApp] = []
 
     def make(example: str = "hello", files: dict[str, str] | None = None,
-             spec_changes: dict | None = None, server: str = "sandbox-local") -> SampleApp:
+             spec_changes: dict | None = None, server: str | None = None) -> SampleApp:
+        server = server or BUILDER_SERVERS[current_builder()]
         name = f"t-{example}-{uuid.uuid4().hex[:6]}"
         source = tmp_path_factory.mktemp(name) / "src"
         shutil.copytree(EXAMPLES / example, source)

@@ -169,6 +169,7 @@ def test_a_process_whose_run_was_suspended_and_resumed_meanwhile_ends_before_the
     assert ended.value.state.name == "Suspended"
 
 
+@pytest.mark.builds
 def test_stop_during_a_long_remote_command_kills_it_and_skips_the_rest(client, make_app, start):
     mark = marker()
     app = make_app("hello", files=slow_build_files(120, mark))

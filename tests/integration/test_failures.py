@@ -32,7 +32,7 @@ from deploy_runs.models import Run, Suggestion
 from deploy_runs.sandbox_blocks import server_block
 from flows.deploy import run_in_process
 
-from .conftest import free_port, server_processes
+from .conftest import current_builder, free_port, server_processes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -66,6 +66,8 @@ def check_failed(run: Run, step: str, kind: str, case: str) -> Run:
         data = {"case": case, "expected_kind": kind,
                 **error.model_dump(include={"step", "message", "command", "exit_code",
                                             "output_tail"})}
+        if current_builder() != "legacy":
+            data["case"] = case = f"{case}-{current_builder()}"
         (FIXTURES / f"{case}.json").write_text(json.dumps(data, indent=1) + "\n")
     return run
 
@@ -216,6 +218,7 @@ def test_full_disk_is_disk_full(client, make_app):
 
 # --- building ---------------------------------------------------------------------------------
 
+@pytest.mark.builds
 def test_missing_dockerfile_is_dockerfile_missing(client, make_app):
     app = make_app("hello", spec_changes={"services": web(dockerfile="docker/Dockerfile.prod")})
     run = check_failed(deploy_here(client, app.name), "Build images", "dockerfile-missing",
@@ -223,6 +226,7 @@ def test_missing_dockerfile_is_dockerfile_missing(client, make_app):
     assert "services[web].dockerfile" in run.error.suggestions[0].detail
 
 
+@pytest.mark.builds
 def test_copy_of_missing_file_is_build_file_missing(client, make_app):
     dockerfile = ("FROM busybox:latest\nCOPY site/ /www/\nCOPY config/missing.conf /etc/app.conf\n"
                   'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')
@@ -232,17 +236,20 @@ def test_copy_of_missing_file_is_build_file_missing(client, make_app):
     assert "missing.conf" in run.error.suggestions[0].title
 
 
-def test_failing_run_instruction_is_build_command_failed(client, make_app):
+@pytest.mark.builds
+def test_failing_run_instruction_is_build_command_failed(client, make_app, builder):
     nonce = uuid.uuid4().hex[:8]
     dockerfile = (f"FROM busybox:latest\nRUN echo compiling {nonce} && "
                   "echo 'error: missing dependency libfoo' >&2 && exit 3\n")
     app = make_app("hello", files={"Dockerfile": dockerfile})
     run = check_failed(deploy_here(client, app.name), "Build images", "build-command-failed",
                        "build-command-failed")
-    assert run.error.exit_code == 3
+    # docker build exits with the RUN's code (legacy builder), or 1 and says it (BuildKit)
+    assert run.error.exit_code == (3 if builder == "legacy" else 1)
     assert "code 3" in run.error.suggestions[0].detail
 
 
+@pytest.mark.builds
 def test_unreachable_base_image_is_image_not_found(client, make_app):
     # A registry address on loopback where nothing listens: the engine cannot pull (and no
     # traffic leaves the machine).
@@ -253,6 +260,7 @@ def test_unreachable_base_image_is_image_not_found(client, make_app):
     assert "127.0.0.1:9/acme/base:1.0" in run.error.suggestions[0].title
 
 
+@pytest.mark.builds
 def test_slow_build_past_the_step_timeout_is_killed_and_command_timeout(client, make_app):
     marker = f"slowbuild{uuid.uuid4().hex[:8]}"
     dockerfile = f"FROM busybox:latest\nRUN echo {marker} && sleep 120\n"
@@ -267,6 +275,7 @@ def test_slow_build_past_the_step_timeout_is_killed_and_command_timeout(client, 
     assert not server_processes(f"echo {marker}"), "the build command still runs on the server"
 
 
+@pytest.mark.builds
 @pytest.mark.parametrize("command", [
     "yes {marker}",  # prints without pause
     # ~10,000 lines a second, for ever

@@ -28,6 +28,7 @@ def build_commands(client, run_id) -> list[str]:
             if line.stream == "command" and line.text.startswith("$ docker build")]
 
 
+@pytest.mark.builds
 def test_redeploy_rebuilds_and_restarts_only_the_changed_service(client, make_app,
                                                                  docker_client):
     app = make_app("shop")
@@ -74,6 +75,7 @@ def test_redeploy_rebuilds_and_restarts_only_the_changed_service(client, make_ap
     assert "reused (unchanged)" in shown
 
 
+@pytest.mark.builds
 def test_redeploy_with_no_change_builds_nothing_and_replaces_nothing(client, make_app,
                                                                      docker_client):
     app = make_app("shop")
