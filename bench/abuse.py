@@ -5,12 +5,16 @@ process), measured as peak RSS above the process's own baseline.
   at two sizes: bounded memory means the peak does not grow with the size (the step log waits
   while more than MAX_BACKLOG records are queued for the API: back-pressure to the server);
 - many services: one app with 60 services (60 images, containers and health checks);
-- a hanging health check: a service that accepts connections and never answers.
+- a hanging health check: a service that accepts connections and never answers;
+- a long stream through a step with the default log limit (100 MB stored, the rest counted):
+  100-byte lines, and one endless line with no newline, at two sizes (time linear in the
+  size: the same MB/s at both; memory bounded: the same peak), against the floor of reading
+  the same stream from the SSH channel and dropping it.
 
 The flows run in this process (the executor and step log of the deploy steps); RSS is sampled
 every 50 ms from /proc/self/status.
 
-    python bench/abuse.py [--flood-mb 20,200] [--services 60]
+    python bench/abuse.py [--flood-mb 20,200] [--services 60] [--stream-mb 500,2000]
 """
 
 from __future__ import annotations
@@ -83,6 +87,46 @@ def flood(megabytes: int) -> tuple[float, float, float]:
     return rss, took, megabytes / took
 
 
+STREAMS = {  # what the server prints: N MB of ...
+    "100-byte lines": "yes " + LINE + " | head -c {size}",
+    "one endless line": "head -c {size} /dev/zero | tr '\\000' x",
+}
+
+
+def stream(kind: str, megabytes: int) -> tuple[PeakRSS, float]:
+    """A step reading `megabytes` of `kind` with the default log limit (100 MB stored)."""
+    from tests.integration.commandflow import run_log_cases
+
+    script = STREAMS[kind].format(size=megabytes * 1_000_000)
+    app = f"bench-stream-{uuid.uuid4().hex[:6]}"
+    started = time.perf_counter()
+    with PeakRSS() as rss:
+        state = contextvars.copy_context().run(run_log_cases, app, [script], "sandbox-local",
+                                               100)
+    took = time.perf_counter() - started
+    assert state.is_completed(), state
+    return rss, megabytes / took
+
+
+def stream_floor(kind: str, megabytes: int) -> float:
+    """MB/s of reading the same stream from the SSH channel and dropping it: the floor."""
+    from blocks import SSHServer
+    from deploy_runs.remote import RemoteHost, ServerAddress
+
+    block = SSHServer.load("sandbox-local")
+    address = ServerAddress(block.host, block.port, block.username,
+                            block.private_key.get_secret_value(), block.host_key)
+    script = STREAMS[kind].format(size=megabytes * 1_000_000)
+    with RemoteHost(address) as host:
+        started = time.perf_counter()
+        channel = host.transport.open_session()
+        channel.exec_command(script)
+        while channel.recv(65536):
+            pass
+        channel.close()
+        return megabytes / (time.perf_counter() - started)
+
+
 def deploy(bench, name: str, files: dict[str, str], services: int,
            health_timeout: float = 30) -> tuple[float, float, str]:
     import yaml
@@ -123,10 +167,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--flood-mb", default="20,200")
     parser.add_argument("--services", type=int, default=60)
+    parser.add_argument("--stream-mb", default="500,2000")
     args = parser.parse_args()
     with bench_environment() as bench:
         flood(1)  # warm-up: imports, first API client
         rows = []
+        for kind in STREAMS:
+            for mb in (int(x) for x in args.stream_mb.split(",")):
+                floor = stream_floor(kind, mb)
+                growth, rate = stream(kind, mb)
+                rows.append(f"{kind:>16}, {mb:>5} MB: {growth}   {rate:6.1f} MB/s"
+                            f"   (SSH read floor {floor:6.1f} MB/s; {rate / floor:4.0%} of it)")
+                print(rows[-1], flush=True)
         for mb in (int(x) for x in args.flood_mb.split(",")):
             growth, took, rate = flood(mb)
             rows.append(f"output flood {mb:>4} MB ({mb * 10_000:,} lines): {growth}"

@@ -64,6 +64,20 @@ class _StrictlyIncreasingTime(logging.Filter):
         return True
 
 
+class _NoEmptyTraceback(logging.Filter):
+    """Prefect 3.9's task engine logs a failed task run's final state with `exc_info=True`
+    ("Task run failed with state: ..."), also when the task returned its Failed state (as a
+    deploy step does, to give the state a one-line message) and no exception is being
+    handled: the record then carries `(None, None, None)`, printed as "NoneType: None" under
+    the line in every log. Such a record loses its empty exception info; a real one is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is None:
+            record.exc_info = None
+        return True
+
+
+_NO_EMPTY_TRACEBACK = _NoEmptyTraceback()
 _FLUSH = bytearray()  # a flush request in the worker's queue (by identity; never sent)
 
 
@@ -191,6 +205,8 @@ def _wire_output_loggers() -> None:
     which caps a step at ~1,000 lines/s. Step-level messages still reach the console."""
     task_runs = logging.getLogger("prefect.task_runs")
     with _wiring:
+        if _NO_EMPTY_TRACEBACK not in task_runs.filters:
+            task_runs.addFilter(_NO_EMPTY_TRACEBACK)
         prefects = [h for h in task_runs.handlers
                     if isinstance(h, APILogHandler) and not isinstance(h, StepLogHandler)]
         ours = [h for h in task_runs.handlers if isinstance(h, StepLogHandler)]

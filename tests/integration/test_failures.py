@@ -290,9 +290,9 @@ def test_a_build_printing_without_pause_is_killed_at_the_step_limit(client, make
                        "command-timeout")
     assert run.error.timed_out and "step timed out after 4s (timeouts.build)" in run.error.message
     step = run.step("Build images")
-    # killed at the limit, not when the output pauses (it never does): the step's time is
-    # the limit plus what it takes to kill and to store the lines already read
-    assert step.duration < 4 + 4, step.duration
+    # killed at the limit, not when the output pauses (it never does): within a second of
+    # it, the kill and the storing of the lines already read included (4.01-4.14 s measured)
+    assert step.duration < 4 + 1, step.duration
     assert not server_processes(marker), "the build command still runs on the server"
     assert all(len(line) <= 4000 for line in run.error.output_tail)
 

@@ -260,3 +260,31 @@ def test_a_failed_command_is_headed_by_its_cause_not_its_exit_code():
     # nothing in the output reads as an error: what happened, with the command
     quiet = failure_from_exception("Build images", CommandFailed("true", 1, ["ok"]))
     assert quiet.message == "command exited with code 1: $ true"
+
+
+def test_a_failed_step_log_line_carries_no_empty_traceback():
+    import logging
+
+    from deploy_runs.steplog import _NoEmptyTraceback
+
+    record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1,
+                               "Task run failed with state: Failed('x')", None,
+                               (None, None, None))
+    assert _NoEmptyTraceback().filter(record) and record.exc_info is None
+    assert "NoneType" not in logging.Formatter().format(record)
+    try:
+        raise ValueError("real")
+    except ValueError:
+        import sys
+
+        real = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "m", None,
+                                 sys.exc_info())
+    assert _NoEmptyTraceback().filter(real) and real.exc_info[0] is ValueError
+
+
+def test_a_container_listening_on_another_port_is_named_with_the_setting():
+    [case] = [c for c in WORDING if c["case"] == "ours-wrong-container-port"]
+    found = diagnose(case["text"], "Health check", app=app_with())
+    assert found[0].kind == "health-check-failed"
+    assert ("listens on port 3000, but services[web].container_port is 8080"
+            in found[0].detail), found[0].detail
