@@ -38,7 +38,7 @@ def has_credentials(url: str) -> bool:
 
 def check_ref(value: str) -> str:
     """A git branch, tag or commit that is safe on a command line."""
-    if not REF_PATTERN.match(value):
+    if not REF_PATTERN.fullmatch(value):  # fullmatch: `$` would let a final newline in
         raise ValueError(f"{value!r} is not a valid git ref (letters, digits, '._/-'; "
                          "not starting with '-', no '..')")
     return value
@@ -128,7 +128,7 @@ class Service(BaseModel):
 
 def _check_env(env: dict[str, str]) -> dict[str, str]:
     for name, value in env.items():
-        if not re.match(ENV_NAME_PATTERN, name):
+        if not re.fullmatch(ENV_NAME_PATTERN, name):
             raise ValueError(f"{name!r} is not a valid environment variable name")
         if "\n" in str(value) or "\0" in str(value):
             raise ValueError(f"the value of {name} must be a single line")
@@ -204,8 +204,10 @@ class Application(Block):
     @field_validator("repository")
     @classmethod
     def _repository(cls, value: str) -> str:
-        if not REPOSITORY_PATTERN.match(value):
-            raise ValueError(f"{value!r} is not a git repository URL deploy-runs accepts")
+        if not REPOSITORY_PATTERN.fullmatch(value):
+            # not echoed either: a URL that is refused may still hold a token
+            raise ValueError("not a git repository URL deploy-runs accepts (letters, digits and "
+                             "._~:/@%+=,- only, at most 500 characters, not starting with '-')")
         if has_credentials(value):
             # not echoed: the value holds a secret
             raise ValueError("the URL holds credentials (a password, or in an http(s) URL any "

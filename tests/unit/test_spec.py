@@ -84,6 +84,7 @@ def test_unknown_field_is_refused_not_ignored():
 @pytest.mark.parametrize(("field", "value"), [
     ("name", "Hello World"), ("name", "a;rm -rf /"), ("branch", "--upload-pack=x"),
     ("branch", "main;touch x"), ("repository", "-oProxyCommand=x"), ("repository", "a b"),
+    ("branch", "main\n"), ("repository", "git://h/x.git\n"),
 ])
 def test_unsafe_names_refs_and_urls_are_refused(field, value):
     found = problems(spec(**{field: value}))
@@ -141,3 +142,12 @@ def test_yaml_errors_and_missing_files_are_config_errors(tmp_path):
 def test_server_host_key_must_be_a_key_line():
     with pytest.raises(ValueError, match="host_key"):
         SSHServer(host="h", private_key="k", host_key="not a key")
+
+
+@pytest.mark.parametrize("url", ["https://ghp_secret@git.example.com/a b.git",
+                                 "-https://u:ghp_secret@host/x.git", "https://x/ghp_secret\n"])
+def test_an_invalid_repository_url_is_refused_without_echoing_it(url):
+    with pytest.raises(ValueError) as info:
+        Application(name="hello", repository=url, server=SERVER,
+                    services=[{"name": "web", "container_port": 8080, "host_port": 18080}])
+    assert "repository" in str(info.value) and "ghp_secret" not in str(info.value)
