@@ -6,13 +6,16 @@ against strict patterns at the edge (and everything is still quoted when a comma
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 from pathlib import PurePosixPath
 from typing import Literal
 
 from prefect.blocks.core import Block
 from prefect.blocks.fields import SecretDict
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from blocks.server import SSHServer
 
@@ -193,6 +196,16 @@ class Application(Block):
             "active run."
         ),
     )
+    config_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Random key of this application's configuration hashes: secret values are hashed "
+            "with it (HMAC), so a hash seen in a log or a container label cannot be used to "
+            "test guesses of a secret. Made when the app is registered from a spec and kept "
+            "across re-registrations; without one, a key derived from the server's private "
+            "key is used."
+        ),
+    )
     secret_env: SecretDict = Field(
         default_factory=lambda: SecretDict({}),
         description=(
@@ -252,6 +265,17 @@ class Application(Block):
             except ValueError:
                 raise ValueError(f"more_servers: no SSH server block named {name!r}") from None
         return servers
+
+    def secrets_digest(self, service: str) -> str:
+        """A keyed hash (HMAC-SHA256) of a service's secret values: equal while they are,
+        and no help to someone guessing them without the key (`config_key`)."""
+        if self.config_key is not None:
+            key = self.config_key.get_secret_value().encode()
+        else:
+            key = hashlib.sha256(b"deploy-runs config key\0"
+                                 + self.server.private_key.get_secret_value().encode()).digest()
+        values = json.dumps(sorted(self.secrets_for(service).items()))
+        return hmac.new(key, values.encode(), hashlib.sha256).hexdigest()
 
     def secrets_for(self, service: str) -> dict[str, str]:
         values = self.secret_env.get_secret_value().get(service) or {}

@@ -49,8 +49,14 @@ class AppLayout:
     def provisioned_marker(self) -> str:
         return f"{self.root}/provisioned"
 
+    @property
+    def secrets_dir(self) -> str:
+        """Where the services' env files live: a directory only the deploy user may enter
+        (0700), so a file in it is never readable by others, not even while it is written."""
+        return f"{self.root}/secrets"
+
     def env_file(self, service: str) -> str:
-        return f"{self.root}/{service}.env"
+        return f"{self.secrets_dir}/{service}.env"
 
     def in_repo(self, path: str) -> str:
         return self.repo if path in ("", ".") else f"{self.repo}/{path}"
@@ -87,6 +93,20 @@ def read_file(path: str) -> Command:
 
 def make_dirs(*paths: str) -> Command:
     return cmd("mkdir", "-p", "--", *paths)
+
+
+def make_private_dir(path: str) -> Command:
+    """`path` as a directory only its owner may enter (made 0700, or set to it)."""
+    return cmd("install", "-d", "-m", "0700", "--", path)
+
+
+def remove_env_files(directory: str, keep: Iterable[str] = ()) -> Command:
+    """Remove the `*.env` files of `directory` but those named in `keep` (the services that
+    still have secrets)."""
+    args = ["find", directory, "-maxdepth", "1", "-type", "f", "-name", "*.env"]
+    for name in keep:
+        args += ["!", "-name", name]
+    return Command((*args, "-delete"))
 
 
 def docker_server_version() -> Command:

@@ -25,10 +25,11 @@ import contextlib
 import os
 import re
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from blocks import Application, Service, SSHServer
 from blocks.application import NAME_PATTERN, ConcurrencyPolicy, Timeouts
@@ -173,7 +174,14 @@ def application_from_file(path: str | Path) -> Application:
 
 def register(app: Application) -> None:
     """Save the application block and create (or update) its Prefect deployment. (Its
-    one-run-at-a-time concurrency limit is created by its first run.)"""
+    one-run-at-a-time concurrency limit is created by its first run.) The app's config key
+    is kept from the block saved before, else made: a new key would change every
+    configuration hash, and so replace every container at the next deploy."""
+    if app.config_key is None:
+        with contextlib.suppress(ValueError):  # ValueError: no such block yet
+            app.config_key = Application.load(app.name).config_key
+        if app.config_key is None:
+            app.config_key = SecretStr(token_urlsafe(32))
     app.save(app.name, overwrite=True)
     ensure_deployment(app.name)
 

@@ -20,7 +20,8 @@ from deploy_runs.steps.context import DeployContext
 from deploy_runs.steps.step import step
 
 NAME = "Provision server"
-PROVISIONING_VERSION = 1
+# 2: env files moved into a 0700 secrets directory (those of version 1 are removed)
+PROVISIONING_VERSION = 2
 
 
 def provisioning_fingerprint(ctx: DeployContext, docker_version: str, git_version: str) -> str:
@@ -67,6 +68,9 @@ def provision_server(ctx: DeployContext) -> State | None:
                          message="Already provisioned with the same inputs.")
 
     host.run(c.make_dirs(layout.root), log)
+    host.run(c.make_private_dir(layout.secrets_dir), log)
+    # env files of provisioning version 1 lay beside the checkout, in a readable directory
+    host.run(c.remove_env_files(layout.root), log)
     host.write_file(layout.provisioned_marker, wanted.encode() + b"\n", mode=0o644)
     log.info("recorded provisioning fingerprint %s in %s", wanted[:12], layout.provisioned_marker)
     return None

@@ -33,10 +33,12 @@ def env_file_content(values: dict[str, str]) -> bytes:
     return "".join(f"{name}={value}\n" for name, value in values.items()).encode()
 
 
-def runtime_config_hash(image: str, service: Service, secrets: dict[str, str]) -> str:
+def runtime_config_hash(image: str, service: Service, secrets_digest: str) -> str:
+    """The container's `deploy-runs.config` label. Secret values enter only through their
+    keyed digest (`Application.secrets_digest`): the label (shown by `docker ps`, and in the
+    step's log) cannot be used to test guesses of a secret."""
     config = {"image": image, "ports": [[service.host_port, service.container_port]],
-              "env": dict(sorted(service.env.items())),
-              "secrets": hashlib.sha256(json.dumps(sorted(secrets.items())).encode()).hexdigest(),
+              "env": dict(sorted(service.env.items())), "secrets": secrets_digest,
               "restart": RESTART_POLICY, "memory": service.memory}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -75,6 +77,10 @@ def start_application(ctx: DeployContext) -> dict[str, str]:
         _start_services(ctx, log, running, outcome)
     finally:
         RunRecorder(ctx.run_id).services(ctx.merged_releases())
+    if any(o == "replaced" for o in outcome.values()):
+        # secrets of services that are gone, or have none any more, do not stay on the server
+        keep = [f"{s.name}.env" for s in ctx.app.services if ctx.app.secrets_for(s.name)]
+        ctx.host().run(c.remove_env_files(ctx.layout.secrets_dir, keep), log)
     return outcome
 
 
@@ -85,7 +91,7 @@ def _start_services(ctx: DeployContext, log: StepLog, running: dict[str, tuple[s
         name = c.container_name(app.name, service.name)
         image = ctx.images[service.name]
         secrets = app.secrets_for(service.name)
-        config = runtime_config_hash(image, service, secrets)
+        config = runtime_config_hash(image, service, app.secrets_digest(service.name))
         release = ctx.releases.get(service.name) or ServiceRelease(
             name=service.name, image=image, build="reused", build_reason="unchanged")
         current = running.get(name)

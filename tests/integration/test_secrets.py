@@ -59,3 +59,46 @@ def test_secret_env_values_reach_the_container_and_never_prefect(client, make_ap
             data = path.read_bytes()
             assert secret.encode() not in data, path
             assert not any(line.encode() in data for line in key_lines), path
+
+
+def test_the_env_file_is_private_and_goes_when_its_secrets_go(client, make_app, docker_client):
+    import pwd
+    import stat
+
+    from prefect.blocks.fields import SecretDict
+
+    from blocks import Application
+    from deploy_runs.commands import AppLayout
+    from deploy_runs.spec import register
+
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    app = make_app("hello", spec_changes={"services": [{
+        "name": "web", "container_port": 8080, "host_port": 0,
+        "secret_env": {"API_TOKEN": secret}, "health_check": {"timeout": 15, "interval": 0.2}}]})
+    run = client.wait(client.deploy(app.name).id, timeout=120)
+    assert run.status is RunStatus.COMPLETED, run.error
+    home = Path(pwd.getpwnam("deploy").pw_dir)
+    layout = AppLayout(app.name)
+    env_file, directory = home / layout.env_file("web"), home / layout.secrets_dir
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert env_file.read_text() == f"API_TOKEN={secret}\n"
+    assert not list((home / layout.root).glob("*.env")), "no env file outside the directory"
+    # the container's config label hashes the secret with the app's key, not plainly
+    import hashlib
+    import json
+
+    (container,) = docker_client.containers.list(filters={"label": f"deploy-runs.app={app.name}"})
+    plain = hashlib.sha256(json.dumps([["API_TOKEN", secret]]).encode()).hexdigest()
+    saved = Application.load(app.name)
+    assert saved.config_key is not None
+    assert saved.secrets_digest("web") != plain
+
+    # re-registered (as `apps add` does) without the secret: the key stays, the file goes
+    register(saved.model_copy(update={"secret_env": SecretDict({}), "config_key": None}))
+    assert Application.load(app.name).config_key.get_secret_value() == \
+        saved.config_key.get_secret_value()
+    run = client.wait(client.deploy(app.name).id, timeout=120)
+    assert run.status is RunStatus.COMPLETED, run.error
+    assert not env_file.exists()
+    assert container.id not in [c.id for c in docker_client.containers.list()]

@@ -69,7 +69,7 @@ def test_layout_is_relative_to_the_users_home():
     assert layout.repo == "deploy-runs/apps/hello/repo"
     assert layout.in_repo(".") == layout.repo
     assert layout.in_repo("web") == "deploy-runs/apps/hello/repo/web"
-    assert layout.env_file("web") == "deploy-runs/apps/hello/web.env"
+    assert layout.env_file("web") == "deploy-runs/apps/hello/secrets/web.env"
 
 
 def test_pgid_report_wraps_command_and_kill_targets_the_group():
@@ -81,3 +81,12 @@ def test_pgid_report_wraps_command_and_kill_targets_the_group():
 def test_image_and_container_names():
     assert c.image_tag("shop", "api", "0123456789abcdef") == "deploy-runs/shop-api:0123456789ab"
     assert c.container_name("shop", "api") == "shop-api"
+
+
+def test_env_files_live_in_a_private_directory_and_stale_ones_are_removed():
+    layout = c.AppLayout("hello")
+    assert c.make_private_dir(layout.secrets_dir).argv == (
+        "install", "-d", "-m", "0700", "--", "deploy-runs/apps/hello/secrets")
+    assert str(c.remove_env_files(layout.secrets_dir, ["web.env"])) == (
+        "find deploy-runs/apps/hello/secrets -maxdepth 1 -type f -name '*.env' "
+        "'!' -name web.env -delete")
