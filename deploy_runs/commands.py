@@ -7,6 +7,7 @@ to the SSH user's home directory (where an SSH command starts), so no `~` expans
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -167,6 +168,27 @@ def git_changed_files(repo: str, old: str, new: str, paths: list[str]) -> Comman
 def tree_rev(commit: str, path: str) -> str:
     """The git object of `path` at `commit` (a tree for a directory, a blob for a file)."""
     return f"{commit}^{{tree}}" if path in ("", ".") else f"{commit}:{path}"
+
+
+def symbolic_links(repo: str) -> Command:
+    """Every symbolic link of the checkout (not of .git) as `PATH<TAB>TARGET` lines."""
+    return cmd("find", repo, "-path", f"{repo}/.git", "-prune", "-o", "-type", "l",
+               "-printf", "%p\t%l\n")
+
+
+def links_leaving(repo: str, listing: str) -> list[tuple[str, str]]:
+    """The (link, target) pairs of `symbolic_links` output that point outside `repo`: an
+    absolute target, or a relative one that climbs out of the checkout (resolved as text, so
+    a link through another link is judged by each link alone)."""
+    leaving = []
+    for line in listing.splitlines():
+        path, sep, target = line.partition("\t")
+        if not sep:
+            continue
+        inside = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+        if posixpath.isabs(target) or not (inside == repo or inside.startswith(repo + "/")):
+            leaving.append((path.removeprefix(repo + "/"), target))
+    return leaving
 
 
 def git_commit_info(repo: str, commit: str) -> Command:

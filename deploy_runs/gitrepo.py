@@ -40,8 +40,12 @@ def publish(source: Path, bare_repo: Path, message: str, branch: str = "main") -
             _git("checkout", "--quiet", "--orphan", branch, cwd=work)
         for entry in work.iterdir():
             if entry.name != ".git":
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        shutil.copytree(source, work, dirs_exist_ok=True)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        # symbolic links are committed as links, not as copies of what they point to
+        shutil.copytree(source, work, dirs_exist_ok=True, symlinks=True)
         _git("add", "--all", cwd=work)
         _git("commit", "--quiet", "--allow-empty", "-m", message, cwd=work)
         _git("push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", cwd=work)

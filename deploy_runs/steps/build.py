@@ -101,6 +101,25 @@ def build_input_objects(host: RemoteHost, ctx: DeployContext, revs: list[str],
     raise CommandFailed(result.command, result.exit_code, result.tail)
 
 
+def refuse_links_out(host: RemoteHost, ctx: DeployContext, log: StepLog) -> None:
+    """Before anything is built: no symbolic link of the checkout may point outside it. A
+    build follows a link named as its context or Dockerfile, and a repository could commit
+    `web -> ../../other-app` or a link into the deploy user's home and serve what it finds
+    there (another app's files and env files, ~/.ssh)."""
+    sink = CollectingSink(log)
+    repo = ctx.layout.repo
+    host.run(c.symbolic_links(repo), sink)
+    leaving = c.links_leaving(repo, sink.stdout())
+    if leaving:
+        named = ", ".join(f"{path} -> {target}" for path, target in leaving[:5])
+        more = f" (and {len(leaving) - 5} more)" if len(leaving) > 5 else ""
+        raise StepFailed(
+            f"the repository has symbolic links pointing outside it, which a build could "
+            f"follow to files of the server: {named}{more}; nothing was built. Commit the "
+            "files themselves, or links that stay inside the repository.",
+            evidence=[f"{path} -> {target}" for path, target in leaving])
+
+
 @step(NAME)
 def build_images(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
@@ -124,6 +143,7 @@ def build_images(ctx: DeployContext) -> dict[str, str]:
                 name=service.name, image=tag, build="reused", build_reason="unchanged")
             continue
         if previous is None:
+            refuse_links_out(host, ctx, log)
             previous = previous_commits(host, app.name, log)
         reason = why_rebuilt(host, ctx, service,
                              previous.get(c.container_name(app.name, service.name)), log)

@@ -61,3 +61,29 @@ def test_hostile_refs_are_refused_before_any_run(client, make_app, ref):
     with pytest.raises(ConfigError, match="ref"):
         client.deploy(app.name, ref=ref)
     assert len(client.runs(app=app.name)) == before
+
+
+@pytest.mark.parametrize(("link", "target", "spec"), [
+    # the build context itself: another app's directory on the server
+    ("web", "../../other-app", {"context": "web"}),
+    # the Dockerfile: a file of the deploy user's home
+    ("Dockerfile.prod", "/home/deploy/.ssh/authorized_keys", {"dockerfile": "Dockerfile.prod"}),
+    # a file inside the context: the app's own env file (its secrets), copied into the image
+    ("site/env", "../../secrets/web.env", {}),
+], ids=["context", "dockerfile", "file-in-context"])
+def test_a_repository_cannot_reach_outside_itself(client, make_app, docker_client, link, target,
+                                                  spec):
+    from deploy_runs.gitrepo import publish
+
+    service = {"name": "web", "container_port": 8080, "host_port": 1,
+               "health_check": {"timeout": 5, "interval": 0.2}, **spec}
+    app = make_app("hello", spec_changes={"services": [service]})
+    (app.source / link).parent.mkdir(parents=True, exist_ok=True)
+    (app.source / link).symlink_to(target)
+    publish(app.source, app.bare_repo, "a link out of the repository")
+    run = client.wait(client.deploy(app.name).id, timeout=120)
+    assert run.status is RunStatus.FAILED, run.status
+    assert run.error.step == "Build images"
+    assert f"{link} -> {target}" in run.error.message
+    assert "nothing was built" in run.error.message
+    assert docker_client.images.list(name=f"deploy-runs/{app.name}-web") == []

@@ -90,3 +90,15 @@ def test_env_files_live_in_a_private_directory_and_stale_ones_are_removed():
     assert str(c.remove_env_files(layout.secrets_dir, ["web.env"])) == (
         "find deploy-runs/apps/hello/secrets -maxdepth 1 -type f -name '*.env' "
         "'!' -name web.env -delete")
+
+
+def test_links_that_leave_the_checkout_are_found():
+    repo = "deploy-runs/apps/shop/repo"
+    listing = "\n".join(f"{repo}/{path}\t{target}" for path, target in [
+        ("web", "../../other-app"), ("Dockerfile", "/home/deploy/.ssh/authorized_keys"),
+        ("site/keys", "../../../../../.ssh"), ("site/ok", "../docs/readme.md"),
+        ("site/self", "."), ("a/b/c", "../../d"), ("x", "../repo/x2"), ("y", "../repository/z")])
+    assert c.links_leaving(repo, listing) == [
+        ("web", "../../other-app"), ("Dockerfile", "/home/deploy/.ssh/authorized_keys"),
+        ("site/keys", "../../../../../.ssh"), ("y", "../repository/z")]
+    assert c.symbolic_links(repo).argv[:4] == ("find", repo, "-path", f"{repo}/.git")
