@@ -48,8 +48,10 @@ class SSHServer(Block):
     accept_unknown_host_key: bool = Field(
         False,
         description=(
-            "Connect even when no host key is pinned (the offered key is logged). "
-            "Off by default: without a pinned key the connection is refused."
+            "Trust on first use: when no host key is pinned, accept the key the server offers "
+            "the first time, log its fingerprint and pin it (saved as host_key in this block); "
+            "from then on any other key is refused, as with a key pinned by hand. Off by "
+            "default: without a pinned key the connection is refused."
         ),
     )
     connect_timeout: float = Field(

@@ -188,15 +188,23 @@ def _open_socket(host: str, port: int, timeout: float) -> socket.socket:
     return quick
 
 
+def key_line(key: paramiko.PKey) -> str:
+    """The key as a known_hosts / `host_key` value: `TYPE BASE64`."""
+    return f"{key.get_name()} {key.get_base64()}"
+
+
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     def __init__(self, accept: bool, notes: list[str]) -> None:
         self.accept = accept
         self.notes = notes
+        self.accepted: paramiko.PKey | None = None
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                          key: paramiko.PKey) -> None:
-        if self.accept:
-            self.notes.append(f"accepted unpinned host key of {hostname}: {fingerprint(key)}")
+        if self.accept:  # trust on first use: the caller pins it (RemoteHost.first_seen_key)
+            self.accepted = key
+            self.notes.append(f"no host key was pinned for {hostname}: trusting the key it "
+                              f"offered on first use, {fingerprint(key)}")
             return
         raise HostKeyError(
             f"{hostname} offered host key {fingerprint(key)}, but no host key is pinned for it; "
@@ -216,6 +224,8 @@ class RemoteHost:
         self.deadline: tuple[float, str] | None = None
         self._running_pgid: int | None = None
         self._client: paramiko.SSHClient | None = None
+        # the host key accepted on first use (no key was pinned): the caller pins it
+        self.first_seen_key: str | None = None
 
     def __enter__(self) -> RemoteHost:
         self.connect()
@@ -229,8 +239,8 @@ class RemoteHost:
     def connect(self) -> None:
         addr = self.address
         client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(
-            _HostKeyPolicy(addr.accept_unknown_host_key, self.notes))
+        policy = _HostKeyPolicy(addr.accept_unknown_host_key, self.notes)
+        client.set_missing_host_key_policy(policy)
         expected = None
         if addr.host_key:
             expected = public_key(addr.host_key)
@@ -277,6 +287,8 @@ class RemoteHost:
         assert transport is not None
         transport.set_keepalive(15)
         self._client = client
+        if policy.accepted is not None:
+            self.first_seen_key = key_line(policy.accepted)
 
     @property
     def transport(self) -> paramiko.Transport:

@@ -14,6 +14,7 @@ from uuid import UUID
 from blocks import Application, SSHServer
 from deploy_runs.commands import AppLayout
 from deploy_runs.errors import StepStopped, StepTimedOut
+from deploy_runs.hostkeys import pin_first_seen_key
 from deploy_runs.models import ServiceRelease
 from deploy_runs.remote import RemoteHost, ServerAddress
 
@@ -99,6 +100,8 @@ class DeployContext:
             host.interrupted = self.stopped
             host.deadline = self.deadline
             host.connect()
+            if host.first_seen_key:  # trust on first use (accept_unknown_host_key)
+                host.notes.append(pin_first_seen_key(self.server, host.first_seen_key))
             self._hosts[self.current] = current = host
         return current
 

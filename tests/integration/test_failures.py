@@ -126,6 +126,43 @@ def test_changed_host_key_is_refused_with_both_fingerprints(client, make_app):
     assert re.search(r"offered ssh-ed25519 \S+, expected ssh-ed25519 \S+", run.error.message)
 
 
+def test_an_unknown_host_key_is_refused_by_default(client, make_app):
+    app = make_app("hello", server=server_variant(f"t-unpinned-{uuid.uuid4().hex[:6]}",
+                                                  host_key=None))
+    run = check_failed(deploy_here(client, app.name), "Provision server", "host-key-mismatch",
+                       "host-key-unpinned")
+    assert "no host key is pinned" in run.error.message
+
+
+def test_trust_on_first_use_pins_the_first_key_and_refuses_another_later(client, make_app,
+                                                                         sandbox_info):
+    real = sandbox_info.host("local").host_key
+    name = server_variant(f"t-tofu-{uuid.uuid4().hex[:6]}", host_key=None,
+                          accept_unknown_host_key=True)
+    app = make_app("hello", server=name)
+    run = deploy_here(client, app.name)
+    assert run.status is RunStatus.COMPLETED, run.error
+    # the first key seen is saved in the server block, and said with its fingerprint
+    assert SSHServer.load(name).host_key == real
+    said = [line.text for line in client.logs(run.id, step="Provision server")]
+    assert any("trusting the key it offered on first use, ssh-ed25519 SHA256:" in t
+               for t in said), said
+    assert any(f"pinned it as host_key of server block {name}" in t for t in said), said
+    # the next run verifies against the pinned key: nothing is trusted anew
+    again = deploy_here(client, app.name)
+    assert again.status is RunStatus.COMPLETED, again.error
+    assert not any("first use" in line.text for line in client.logs(again.id))
+    # the pinned key is not the one the server offers any more (reinstalled, or someone in
+    # the middle): refused as a mismatch, though unknown keys are still accepted on first use
+    other = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    server_variant(name, host_key=other, accept_unknown_host_key=True)
+    run = check_failed(deploy_here(client, app.name), "Provision server", "host-key-mismatch",
+                       "host-key-tofu-changed")
+    assert "host key mismatch" in run.error.message
+    assert SSHServer.load(name).host_key.split()[:2] == other.split()[:2], "not re-pinned"
+
+
 def test_closed_ssh_port_is_server_unreachable(client, make_app):
     app = make_app("hello", server=server_variant("t-closed-port", port=free_port()))
     started = time.monotonic()
