@@ -542,9 +542,10 @@ RULES: tuple[Rule, ...] = (
 def _readable(text: str) -> list[str]:
     """The lines diagnosis reads: without terminal colours, each at most LINE_CHARS long
     (its head and end), the first line and the last MAX_LINES - 1."""
-    lines = text.split("\n")
-    if len(lines) > MAX_LINES:
-        lines = lines[:1] + lines[-(MAX_LINES - 1):]
+    first, newline, rest = text.partition("\n")
+    # the last lines without splitting all of them (a flood of empty lines costs nothing)
+    last = rest.rsplit("\n", MAX_LINES - 1)[-(MAX_LINES - 1):] if newline else []
+    lines = [first, *last]
     half = LINE_CHARS // 2
     out = []
     for line in lines:

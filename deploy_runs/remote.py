@@ -8,6 +8,7 @@ import io
 import re
 import select
 import socket
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from deploy_runs.errors import (
 )
 
 TAIL_LINES = 40
+KILL_TIMEOUT = 5.0  # the most a kill of a command on the server may take
 # A line longer than this is handed on in pieces of this size as it arrives (LineSplitter)
 MAX_LINE_BYTES = 65536
 # A failure's output tail keeps at most this many characters of a line (head and end)
@@ -447,30 +449,58 @@ class RemoteHost:
         kill = str(kill_process_group(pgid))
         try:
             if self.is_connected():
-                channel = self.transport.open_session(timeout=5)
+                channel = self.transport.open_session(timeout=KILL_TIMEOUT)
                 channel.exec_command(kill)
-                channel.recv_exit_status()
+                # bounded: a server that never answers must not hold the step here
+                ends = time.monotonic() + KILL_TIMEOUT
+                while not channel.exit_status_ready() and time.monotonic() < ends:
+                    time.sleep(0.01)
                 channel.close()
                 return True
             with RemoteHost(self.address) as fresh:
-                fresh.run(kill_process_group(pgid), _NullSink(), timeout=10, check=False,
-                          quiet=True)
+                fresh.run(kill_process_group(pgid), _NullSink(), timeout=KILL_TIMEOUT,
+                          check=False, quiet=True)
         except Exception:
             pass
         return True
 
     # Files and ports -------------------------------------------------------------------------
 
-    def write_file(self, path: str, content: bytes, mode: int = 0o600) -> None:
-        """Write a file on the server over SFTP, created with `mode` before any byte is written."""
-        sftp = self.transport.open_sftp_client()
+    def write_file(self, path: str, content: bytes, mode: int = 0o600,
+                   timeout: float = 60.0) -> None:
+        """Write a file on the server over SFTP, set to `mode` before any byte is written
+        (a file with secrets goes in a directory only its owner may enter, so it is never
+        readable by others, not even before that). The whole write takes at most `timeout`
+        seconds and never outlasts the step's limit, however slowly the server answers."""
+        limit = timeout
+        if self.deadline is not None:
+            limit = min(limit, self.deadline[0] - time.monotonic())
+        if limit <= 0:
+            raise CommandTimedOut(f"sftp put {path}", None, [],
+                                  self.deadline[1] if self.deadline else "no time left")
+        channel = self.transport.open_session(timeout=min(limit, self.address.connect_timeout))
+        channel.settimeout(limit)
+        # an overall deadline: a server that answers a byte at a time stays under any
+        # per-read timeout, so the channel is closed under it when the time is up
+        watchdog = threading.Timer(limit, channel.close)
+        watchdog.start()
         try:
+            channel.invoke_subsystem("sftp")
+            sftp = paramiko.SFTPClient(channel)
             with sftp.open(path + ".tmp", "wb") as handle:
                 handle.chmod(mode)
                 handle.write(content)
             sftp.posix_rename(path + ".tmp", path)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if not watchdog.is_alive() or isinstance(exc, TimeoutError):
+                raise CommandTimedOut(f"sftp put {path}", None, [],
+                                      f"writing {path} over SFTP took longer than {limit:g}s; "
+                                      "it was abandoned") from None
+            raise ConnectionLost(f"could not write {path} on {self.address.label}: {exc}") \
+                from None
         finally:
-            sftp.close()
+            watchdog.cancel()
+            channel.close()
 
     def open_tcp(self, host: str, port: int, timeout: float = 5.0) -> paramiko.Channel:
         """A TCP connection made by the server to host:port (a direct-tcpip channel)."""

@@ -21,12 +21,16 @@ NAME = "Health check"
 PROBE_TIMEOUT = 5.0
 
 
-def probe(host: RemoteHost, service: Service) -> tuple[bool, str]:
-    """One probe of a service's published port on the server; (healthy, what it answered)."""
+def probe(host: RemoteHost, service: Service, limit: float = PROBE_TIMEOUT) -> tuple[bool, str]:
+    """One probe of a service's published port on the server; (healthy, what it answered).
+    The whole probe takes at most `limit` seconds (at most PROBE_TIMEOUT), however slowly
+    the service answers: a status line sent a byte a second does not hold it."""
     check = service.health_check
     port = service.host_port
+    limit = max(0.05, min(limit, PROBE_TIMEOUT))
+    deadline = time.monotonic() + limit
     try:
-        channel = host.open_tcp("127.0.0.1", port, timeout=PROBE_TIMEOUT)
+        channel = host.open_tcp("127.0.0.1", port, timeout=limit)
     except paramiko.ChannelException as exc:
         return False, f"tcp 127.0.0.1:{port}: {exc.text or 'connect failed'}"
     except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -34,17 +38,22 @@ def probe(host: RemoteHost, service: Service) -> tuple[bool, str]:
     try:
         if check.type == "tcp":
             return True, f"tcp 127.0.0.1:{port}: connected"
-        channel.settimeout(PROBE_TIMEOUT)
+        url = f"http://127.0.0.1:{port}{check.path}"
+        channel.settimeout(max(0.05, deadline - time.monotonic()))
         request = (f"GET {check.path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n"
                    "User-Agent: deploy-runs-health-check\r\nConnection: close\r\n\r\n")
         channel.sendall(request.encode())
         answer = b""
         while b"\r\n" not in answer and len(answer) < 4096:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False, (f"{url}: no complete status line within {limit:g}s "
+                               f"(got {answer[:80]!r})")
+            channel.settimeout(left)
             chunk = channel.recv(4096)
             if not chunk:
                 break
             answer += chunk
-        url = f"http://127.0.0.1:{port}{check.path}"
         if not answer:
             return False, f"{url}: connection closed without an answer"
         status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
@@ -68,7 +77,8 @@ def wait_healthy(ctx: DeployContext, host: RemoteHost, service: Service,
     while True:
         ctx.check_stopped()
         ctx.check_deadline()
-        healthy, answer = probe(host, service)
+        healthy, answer = probe(host, service, min(ctx.seconds_left(),
+                                                   deadline - time.monotonic() + PROBE_TIMEOUT))
         if answer != last:
             log.info("probe %s: %s", service.name, answer)
             answers.append(answer)

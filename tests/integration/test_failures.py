@@ -350,6 +350,21 @@ def test_a_run_past_its_run_timeout_is_stopped_and_fails_with_command_timeout(cl
 
 # --- starting and health ------------------------------------------------------------------
 
+def test_a_service_answering_a_byte_a_second_does_not_hold_the_health_step(client, make_app):
+    # the service accepts the probe and sends one byte a second, for ever, never a line end:
+    # every read gets something within any per-read timeout; only an overall deadline ends it
+    dockerfile = ("FROM busybox:latest\n"
+                  'CMD ["sh", "-c", "while true; do (while true; do printf H; sleep 1; done) '
+                  '| nc -l -p 8080; done"]\n')
+    app = make_app("hello", files={"Dockerfile": dockerfile}, spec_changes={
+        "services": web(health_check={"type": "http", "path": "/", "timeout": 60,
+                                      "interval": 0.2}),
+        "timeouts": {"health": 4}})
+    run = check_failed(deploy_here(client, app.name), "Health check", "command-timeout",
+                       "health-drip")
+    assert "timeouts.health" in run.error.message
+    assert run.step("Health check").duration < 4 + 2, run.step("Health check").duration
+
 def test_port_taken_by_a_container_is_port_in_use(client, make_app, docker_client):
     port = free_port()
     squatter = docker_client.containers.run(

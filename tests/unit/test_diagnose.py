@@ -288,3 +288,13 @@ def test_a_container_listening_on_another_port_is_named_with_the_setting():
     assert found[0].kind == "health-check-failed"
     assert ("listens on port 3000, but services[web].container_port is 8080"
             in found[0].detail), found[0].detail
+
+
+def test_diagnosis_reads_the_first_line_and_the_last_ones():
+    from deploy_runs.diagnosis import MAX_LINES, _readable
+
+    assert _readable("a") == ["a"] and _readable("a\n") == ["a", ""]
+    assert _readable("a\nb\nc") == ["a", "b", "c"]
+    lines = _readable("\n".join(str(i) for i in range(1000)))
+    assert len(lines) == MAX_LINES and lines[:2] == ["0", str(1000 - MAX_LINES + 1)]
+    assert lines[-1] == "999"
