@@ -1,5 +1,9 @@
 """How runs look in a terminal: the product page's indicators (gray, blue animated, green, red,
-gray strikethrough) with rich."""
+gray strikethrough) with rich.
+
+Text that came from a repository or a server (log lines, commit messages, errors, names) goes
+through `_safe`/`_text`: its escape sequences removed and control characters shown, and into
+rich only as `Text`, never as a string rich would read as markup (`[bold]`, `:emoji:`)."""
 
 from __future__ import annotations
 
@@ -13,10 +17,20 @@ from rich.text import Text
 
 from deploy_runs.logs import LogLine
 from deploy_runs.models import LogMatch, RecurringFailure, Run, RunComparison, RunStats
+from deploy_runs.safetext import safe_terminal
 from deploy_runs.status import RUN_INDICATORS, STEP_INDICATORS, Indicator, RunStatus, StepStatus
 
 _COLOURS = {"gray": "grey58", "blue": "dodger_blue1", "green": "green3", "red": "red3",
             "yellow": "yellow3"}
+
+
+def _safe(text: str | None, width: int | None = None) -> str:
+    """Cut after cleaning: the width counts what is shown, and no sequence is cut in half."""
+    return safe_terminal(text or "")[:width]
+
+
+def _text(text: str | None, style: str = "", width: int | None = None) -> Text:
+    return Text(_safe(text, width), style=style)
 
 
 def _style(indicator: Indicator) -> str:
@@ -43,20 +57,19 @@ _STREAM_STYLES = {"command": "bold", "stderr": "yellow3", "stdout": "", "log": "
 
 
 def render_log_line(line: LogLine, width: int | None = None) -> Text:
-    text = line.text if width is None else line.text[:width]
-    return Text(text, style=_STREAM_STYLES.get(line.stream, ""))
+    return _text(line.text, _STREAM_STYLES.get(line.stream, ""), width)
 
 
 def step_header(step: str | None) -> Text:
-    return Text(f"── {step or 'run'} ──", style="bold magenta")
+    return Text(f"── {_safe(step or 'run')} ──", style="bold magenta")
 
 
 def render_run(run: Run, tail: list[LogLine] | None = None) -> RenderableType:
     head = Text.assemble(
-        ("Run ", "bold"), (str(run.id), "bold"), "  ", (run.name, "magenta"), "\n",
-        "app ", (run.app, "bold"), "   status ", run_status_text(run.status),
-        "   commit ", (run.commit[:12] if run.commit else "-", "cyan"),
-        (f"  {run.commit_message}" if run.commit_message else "", "grey58"),
+        ("Run ", "bold"), (str(run.id), "bold"), "  ", (_safe(run.name), "magenta"), "\n",
+        "app ", (_safe(run.app), "bold"), "   status ", run_status_text(run.status),
+        "   commit ", (_safe(run.commit, 12) if run.commit else "-", "cyan"),
+        (f"  {_safe(run.commit_message)}" if run.commit_message else "", "grey58"),
         f"   duration {_seconds(run.duration)}" if run.duration is not None else "",
     )
     table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
@@ -69,9 +82,9 @@ def render_run(run: Run, tail: list[LogLine] | None = None) -> RenderableType:
         indicator = STEP_INDICATORS[step.status]
         failed = step.status is StepStatus.FAILED
         style = f"bold {_style(indicator)}" if failed else _style(indicator)
-        table.add_row(_mark(indicator), Text(step.name, style=style),
+        table.add_row(_mark(indicator), _text(step.name, style),
                       Text(str(step.status), style=style), _seconds(step.duration),
-                      Text(step.message or "", style="red3" if failed else "grey58"))
+                      _text(step.message, "red3" if failed else "grey58"))
     parts: list[RenderableType] = [head, table]
     if run.services:
         services = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
@@ -80,32 +93,32 @@ def render_run(run: Run, tail: list[LogLine] | None = None) -> RenderableType:
         for release in run.services:
             container = f"{release.container} ({release.container_reason})" \
                 if release.container else "-"
-            services.add_row(release.name, release.image,
-                             f"{release.build} ({release.build_reason})", container)
+            services.add_row(_text(release.name), _text(release.image),
+                             _text(f"{release.build} ({release.build_reason})"), _text(container))
         parts.append(services)
     if tail:
         parts.append(step_header(tail[-1].step))
         parts += [render_log_line(line, 200) for line in tail]
     if run.error:
         error = run.error
-        lines = Text.assemble(("✖ ", "red3"), (error.message, "red3"))
+        lines = Text.assemble(("✖ ", "red3"), (_safe(error.message), "red3"))
         if error.command:
-            lines.append(f"\n  command:   $ {error.command}")
+            lines.append(f"\n  command:   $ {_safe(error.command)}")
         if error.exit_code is not None:
             lines.append(f"\n  exit code: {error.exit_code}")
         for line in error.output_tail[-15:]:
-            lines.append(f"\n  | {line[:300]}", style="grey70")
+            lines.append(f"\n  | {_safe(line, 300)}", style="grey70")
         if error.suggestions:
             lines.append("\nSuggested fixes:", style="bold")
         for suggestion in error.suggestions:
-            lines.append(f"\n  → {suggestion.title}", style="bold yellow3")
-            lines.append(f" [{suggestion.kind}]", style="grey58")
+            lines.append(f"\n  → {_safe(suggestion.title)}", style="bold yellow3")
+            lines.append(f" [{_safe(suggestion.kind)}]", style="grey58")
             if suggestion.seen_before:
-                lines.append(f" ({suggestion.seen_before})", style="magenta")
-            lines.append(f"\n    {suggestion.detail}")
+                lines.append(f" ({_safe(suggestion.seen_before)})", style="magenta")
+            lines.append(f"\n    {_safe(suggestion.detail)}")
             if suggestion.evidence:
-                lines.append(f"\n    evidence: {suggestion.evidence[:200]}", style="grey58")
-        parts.append(Panel(lines, title=Text(f"{error.step} failed", style="bold red3"),
+                lines.append(f"\n    evidence: {_safe(suggestion.evidence, 200)}", style="grey58")
+        parts.append(Panel(lines, title=Text(f"{_safe(error.step)} failed", style="bold red3"),
                            border_style="red3", title_align="left"))
     return Group(*parts)
 
@@ -119,8 +132,9 @@ def render_runs(runs: list[Run]) -> RenderableType:
     for run in runs:
         indicator = RUN_INDICATORS[run.status]
         started = run.started_at or run.created_at
-        table.add_row(_mark(indicator), str(run.id), run.app, run_status_text(run.status),
-                      run.commit[:12] if run.commit else "-", run.trigger or "-",
+        table.add_row(_mark(indicator), str(run.id), _text(run.app), run_status_text(run.status),
+                      _text(run.commit, width=12) if run.commit else "-",
+                      _text(run.trigger) if run.trigger else "-",
                       started.strftime("%Y-%m-%d %H:%M:%S") if started else "",
                       _seconds(run.duration))
     return table
@@ -142,24 +156,25 @@ def render_comparison(c: RunComparison) -> RenderableType:
     a, b = c.run_a, c.run_b
     head = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
     head.add_column("")
-    head.add_column(f"A  {a.name}", no_wrap=True)
-    head.add_column(f"B  {b.name}", no_wrap=True)
+    head.add_column(_text(f"A  {a.name}"), no_wrap=True)
+    head.add_column(_text(f"B  {b.name}"), no_wrap=True)
     head.add_column("")
     head.add_row("status", run_status_text(a.status), run_status_text(b.status), "")
-    head.add_row("commit", f"{(a.commit or '-')[:12]} {a.commit_message or ''}",
-                 f"{(b.commit or '-')[:12]} {b.commit_message or ''}", "")
+    head.add_row("commit", _text(f"{_safe(a.commit or '-', 12)} {a.commit_message or ''}"),
+                 _text(f"{_safe(b.commit or '-', 12)} {b.commit_message or ''}"), "")
     head.add_row("duration", _seconds(a.duration), _seconds(b.duration), _delta(c.duration_delta))
-    head.add_row("rebuilt", ", ".join(c.rebuilt_a) or "-", ", ".join(c.rebuilt_b) or "-", "")
+    head.add_row("rebuilt", _text(", ".join(c.rebuilt_a) or "-"),
+                 _text(", ".join(c.rebuilt_b) or "-"), "")
     steps = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
     for column in ("step", "A", "time", "B", "time", "Δ"):
         steps.add_column(column, no_wrap=True)
     for s in c.steps:
-        steps.add_row(s.name, _status(s.status_a), _seconds(s.duration_a), _status(s.status_b),
+        steps.add_row(_text(s.name), _status(s.status_a), _seconds(s.duration_a), _status(s.status_b),
                       _seconds(s.duration_b), _delta(s.delta))
     parts: list[RenderableType] = [head, Text(""), steps]
     if c.commits_between is not None:
         parts.append(Text(f"\ncommits from A to B ({len(c.commits_between)}):", style="bold"))
-        parts += [Text(f"  {line}") for line in c.commits_between]
+        parts += [_text(f"  {line}") for line in c.commits_between]
     if c.config is not None:
         changes = [(label, getattr(c.config, name)) for name, label in (
             ("env_added", "env added"), ("env_removed", "env removed"),
@@ -168,17 +183,18 @@ def render_comparison(c: RunComparison) -> RenderableType:
             ("health_checks", "health checks"), ("services_added", "services added"),
             ("services_removed", "services removed"), ("other", "other"))]
         parts.append(Text("\nconfig: " + ("no change" if c.config.empty else ""), style="bold"))
-        parts += [Text(f"  {label}: {', '.join(values)}") for label, values in changes if values]
+        parts += [_text(f"  {label}: {', '.join(values)}") for label, values in changes if values]
     for label, error in (("A", c.error_a), ("B", c.error_b)):
         if error:
             kind = f" [{error.suggestions[0].kind}]" if error.suggestions else ""
-            parts.append(Text.assemble(("\n" + f"{label} failed at {error.step}{kind}: ", "bold red3"),
-                                       (error.message[:300], "red3")))
+            parts.append(Text.assemble(
+                ("\n" + f"{label} failed at {_safe(error.step)}{_safe(kind)}: ", "bold red3"),
+                (_safe(error.message, 300), "red3")))
     if c.divergence:
         d = c.divergence
-        parts.append(Text(f"\n{d.step}: output diverges at line {d.line}", style="bold"))
-        parts += [Text(f"  A | {line[:200]}", style="grey70") for line in d.a]
-        parts += [Text(f"  B | {line[:200]}", style="yellow3") for line in d.b]
+        parts.append(Text(f"\n{_safe(d.step)}: output diverges at line {d.line}", style="bold"))
+        parts += [Text(f"  A | {_safe(line, 200)}", style="grey70") for line in d.a]
+        parts += [Text(f"  B | {_safe(line, 200)}", style="yellow3") for line in d.b]
     return Group(*parts)
 
 
@@ -226,7 +242,7 @@ def render_stats(s: RunStats) -> RenderableType:
         table.add_row("durations", f"{sparkline(s.durations)}  "
                                    f"({min(s.durations):.1f}s .. {max(s.durations):.1f}s)")
     for step, median in s.step_medians.items():
-        table.add_row(f"  {step}", f"median {median:.1f}s")
+        table.add_row(_text(f"  {step}"), f"median {median:.1f}s")
     return table
 
 
@@ -235,10 +251,10 @@ def render_failures(failures: list[RecurringFailure]) -> RenderableType:
     for column in ("count", "kind", "step", "error", "first seen", "last seen", "apps"):
         table.add_column(column, overflow="fold")
     for f in failures:
-        table.add_row(str(f.count), Text(f.kind, style="red3"), f.step, f.example[:160],
+        table.add_row(str(f.count), _text(f.kind, "red3"), _text(f.step), _text(f.example, width=160),
                       f.first_seen.strftime("%m-%d %H:%M") if f.first_seen else "",
                       f.last_seen.strftime("%m-%d %H:%M") if f.last_seen else "",
-                      ", ".join(f.apps))
+                      _text(", ".join(f.apps)))
     return table
 
 
@@ -247,6 +263,6 @@ def render_matches(matches: list[LogMatch]) -> RenderableType:
     for column in ("time", "run", "step", "line"):
         table.add_column(column, overflow="fold")
     for m in matches:
-        table.add_row(m.time.strftime("%Y-%m-%d %H:%M:%S"), m.run_name or str(m.run_id),
-                      m.step or "", Text(m.line[:300]))
+        table.add_row(m.time.strftime("%Y-%m-%d %H:%M:%S"), _text(m.run_name or str(m.run_id)),
+                      _text(m.step), _text(m.line, width=300))
     return table
