@@ -70,6 +70,16 @@ class HealthCheck(BaseModel):
     interval: float = Field(0.5, gt=0, le=60, description="Seconds between probes.")
 
 
+class LogRotation(BaseModel):
+    """How much of a container's output Docker keeps on the server (json-file driver)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_size: str = Field("10m", pattern=r"^[1-9][0-9]{0,8}[kmg]$",
+                          description="Size of one log file before it is rotated (e.g. `10m`).")
+    max_files: int = Field(5, ge=1, le=100, description="How many log files are kept.")
+
+
 class Timeouts(BaseModel):
     """How long each step (and the whole run) may take; past it, the running command is
     killed on the server and the step fails with `command-timeout`. Seconds."""
@@ -117,6 +127,19 @@ class Service(BaseModel):
                                description="Memory limit of the container (e.g. `256m`); "
                                            "exceeding it gets the container OOM-killed. "
                                            "None: no limit.")
+
+    no_new_privileges: bool = Field(
+        True, description="Start the container with `--security-opt no-new-privileges` (its "
+                          "processes cannot gain privileges, e.g. through setuid programs).")
+    pids_limit: int | None = Field(
+        4096, ge=16, le=4_194_304,
+        description="Most processes the container may run (`--pids-limit`: a fork bomb stops "
+                    "there). None: no limit.")
+    log_rotation: LogRotation | None = Field(
+        default_factory=LogRotation,
+        description="The container's output is kept in rotated files (Docker's json-file "
+                    "driver with max-size and max-file) so it cannot fill the server's disk. "
+                    "None: the engine's own log settings.")
 
     @field_validator("context", "dockerfile")
     @classmethod

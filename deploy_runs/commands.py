@@ -256,12 +256,23 @@ def docker_run(
     label_values: Mapping[str, str],
     restart: str = "unless-stopped",
     memory: str | None = None,
+    no_new_privileges: bool = True,
+    pids_limit: int | None = None,
+    log_rotation: tuple[str, int] | None = None,
 ) -> Command:
     # --pull never: an image we did not build is an error here, never a registry request.
     args = ["docker", "run", "--detach", "--init", "--pull", "never", "--name", name,
             "--restart", restart]
     if memory:
         args += ["--memory", memory, "--memory-swap", memory]
+    if no_new_privileges:
+        args += ["--security-opt", "no-new-privileges"]
+    if pids_limit is not None:
+        args += ["--pids-limit", str(pids_limit)]
+    if log_rotation is not None:
+        size, files = log_rotation
+        args += ["--log-driver", "json-file", "--log-opt", f"max-size={size}",
+                 "--log-opt", f"max-file={files}"]
     for host_port, container_port in ports:
         args += ["--publish", f"{host_port}:{container_port}"]
     for key, value in env.items():

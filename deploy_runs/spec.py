@@ -14,6 +14,8 @@ Prefect deployment. A bad spec is refused before anything is saved, naming the f
         secret_env: {API_TOKEN: ${HELLO_API_TOKEN}}   # read from the environment of `apps add`
         health_check: {type: http, path: /, timeout: 30}
         memory: 256m                 # optional container memory limit
+        # hardened by default; each may be changed per service:
+        # no_new_privileges: true, pids_limit: 4096, log_rotation: {max_size: 10m, max_files: 5}
     timeouts: {build: 900, run: 1800}  # optional, seconds (defaults in blocks.Timeouts)
     log_limit_mb: 100                # optional: most output stored per step; past it, counted
     concurrency: queue               # queue (default) | replace | reject: one active run per app

@@ -39,7 +39,9 @@ def runtime_config_hash(image: str, service: Service, secrets_digest: str) -> st
     step's log) cannot be used to test guesses of a secret."""
     config = {"image": image, "ports": [[service.host_port, service.container_port]],
               "env": dict(sorted(service.env.items())), "secrets": secrets_digest,
-              "restart": RESTART_POLICY, "memory": service.memory}
+              "restart": RESTART_POLICY, "memory": service.memory,
+              "hardening": [service.no_new_privileges, service.pids_limit,
+                            service.log_rotation.model_dump() if service.log_rotation else None]}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -126,6 +128,9 @@ def _start_services(ctx: DeployContext, log: StepLog, running: dict[str, tuple[s
             name, image,
             ports=[(service.host_port, service.container_port)],
             env=service.env, env_file=env_file, restart=RESTART_POLICY, memory=service.memory,
+            no_new_privileges=service.no_new_privileges, pids_limit=service.pids_limit,
+            log_rotation=((service.log_rotation.max_size, service.log_rotation.max_files)
+                          if service.log_rotation else None),
             label_values=c.labels(app=app.name, service=service.name, commit=ctx.commit or "",
                                   run=str(ctx.run_id), config=config),
         )

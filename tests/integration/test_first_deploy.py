@@ -62,6 +62,11 @@ def test_the_container_runs_with_init_ports_env_and_labels(client, make_app, doc
     (container,) = docker_client.containers.list(filters={"label": f"deploy-runs.app={app.name}"})
     config = container.attrs
     assert config["HostConfig"]["Init"] is True
+    # hardened by default: no privilege gain, a process limit, rotated logs
+    assert config["HostConfig"]["SecurityOpt"] == ["no-new-privileges"]
+    assert config["HostConfig"]["PidsLimit"] == 4096
+    assert config["HostConfig"]["LogConfig"] == {
+        "Type": "json-file", "Config": {"max-size": "10m", "max-file": "5"}}
     assert container.labels["deploy-runs.service"] == "web"
     assert container.labels["deploy-runs.run"] == str(run.id)
     assert container.labels["deploy-runs.commit"] == run.commit

@@ -102,3 +102,16 @@ def test_links_that_leave_the_checkout_are_found():
         ("web", "../../other-app"), ("Dockerfile", "/home/deploy/.ssh/authorized_keys"),
         ("site/keys", "../../../../../.ssh"), ("y", "../repository/z")]
     assert c.symbolic_links(repo).argv[:4] == ("find", repo, "-path", f"{repo}/.git")
+
+
+def test_containers_start_hardened_unless_a_service_says_otherwise():
+    argv = c.docker_run("hello-web", "img:1", ports=[], env={}, env_file=None, label_values={},
+                        pids_limit=4096, log_rotation=("10m", 5)).argv
+    assert argv[argv.index("--security-opt") + 1] == "no-new-privileges"
+    assert argv[argv.index("--pids-limit") + 1] == "4096"
+    at = argv.index("--log-driver")
+    assert argv[at:at + 6] == ("--log-driver", "json-file", "--log-opt", "max-size=10m",
+                               "--log-opt", "max-file=5")
+    plain = c.docker_run("hello-web", "img:1", ports=[], env={}, env_file=None, label_values={},
+                         no_new_privileges=False).argv
+    assert not {"--security-opt", "--pids-limit", "--log-driver"} & set(plain)
