@@ -93,6 +93,12 @@ def test_the_env_file_is_private_and_goes_when_its_secrets_go(client, make_app, 
     saved = Application.load(app.name)
     assert saved.config_key is not None
     assert saved.secrets_digest("web") != plain
+    from deploy_runs.steps.start import runtime_config_hash
+
+    image, service = container.image.tags[0], saved.services[0]
+    label = container.labels["deploy-runs.config"]
+    assert label == runtime_config_hash(image, service, saved.secrets_digest("web"))
+    assert label != runtime_config_hash(image, service, plain), "testable without the key"
 
     # re-registered (as `apps add` does) without the secret: the key stays, the file goes
     register(saved.model_copy(update={"secret_env": SecretDict({}), "config_key": None}))
