@@ -2,28 +2,43 @@
 #   make demo   install everything, start a local Prefect server + worker and the sandbox,
 #               register the example apps and deploy `hello` with the live step view
 #   make test   install everything the tests need and run them (what CI runs)
+#
+# Everything runs from a virtual environment of the project's own, .venv: the system python3
+# of Debian and Ubuntu is externally managed (PEP 668) and refuses `pip install`. Where its
+# venv module is missing (Debian's python3-venv), it is installed first, as the sandbox
+# installs its Debian packages.
 PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
 
-.PHONY: install demo test unit lint bench clean-local
+.PHONY: install venv demo test unit lint bench clean-local
 
-install:
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(PYTHON) -m deploy_runs.sandbox install
+$(PY):
+	$(PYTHON) -m venv $(VENV) || { \
+	  rm -rf $(VENV) && echo "installing Debian's python3-venv (python3 has no venv module)" && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && \
+	  $(PYTHON) -m venv $(VENV); }
+
+venv: $(PY)
+
+install: $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m deploy_runs.sandbox install
 
 demo: install
-	$(PYTHON) -m deploy_runs.cli demo
+	$(PY) -m deploy_runs.cli demo
 
 test: install
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest
+	$(PY) -m ruff check .
+	$(PY) -m pytest
 
 unit:
-	$(PYTHON) -m pytest tests/unit
+	$(PY) -m pytest tests/unit
 
 bench: install
-	cd bench && $(PYTHON) deploy.py && $(PYTHON) controls.py && $(PYTHON) logs.py && $(PYTHON) redeploy.py && $(PYTHON) scale.py && $(PYTHON) abuse.py
+	cd bench && ../$(PY) deploy.py && ../$(PY) controls.py && ../$(PY) logs.py && ../$(PY) redeploy.py && ../$(PY) scale.py && ../$(PY) abuse.py
 
 # Stop the local Prefect server/worker and the sandbox started by `make demo`.
 clean-local:
-	$(PYTHON) -m deploy_runs.cli prefect down
-	$(PYTHON) -m deploy_runs.cli sandbox down
+	$(PY) -m deploy_runs.cli prefect down
+	$(PY) -m deploy_runs.cli sandbox down
