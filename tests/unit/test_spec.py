@@ -112,6 +112,10 @@ def test_duplicate_services_and_ports_are_refused():
                 {"name": "web", "container_port": 8080, "host_port": 18080}]
     found = problems(spec(services=services))
     assert any("duplicate service name" in p for p in found), found
+    # the same host port for two services (their names differ)
+    services[1]["name"] = "api"
+    found = problems(spec(services=services))
+    assert any("host_port used twice: 18080" in p for p in found), found
 
 
 def test_secret_values_come_from_the_environment():
