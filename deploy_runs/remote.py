@@ -472,12 +472,11 @@ class RemoteHost:
         (a file with secrets goes in a directory only its owner may enter, so it is never
         readable by others, not even before that). The whole write takes at most `timeout`
         seconds and never outlasts the step's limit, however slowly the server answers."""
-        limit = timeout
-        if self.deadline is not None:
-            limit = min(limit, self.deadline[0] - time.monotonic())
+        limit, why = timeout, f"writing {path} over SFTP took longer than {timeout:g}s"
+        if self.deadline is not None and self.deadline[0] - time.monotonic() < limit:
+            limit, why = self.deadline[0] - time.monotonic(), self.deadline[1]
         if limit <= 0:
-            raise CommandTimedOut(f"sftp put {path}", None, [],
-                                  self.deadline[1] if self.deadline else "no time left")
+            raise CommandTimedOut(f"sftp put {path}", None, [], why)
         channel = self.transport.open_session(timeout=min(limit, self.address.connect_timeout))
         channel.settimeout(limit)
         # an overall deadline: a server that answers a byte at a time stays under any
@@ -491,11 +490,10 @@ class RemoteHost:
                 handle.chmod(mode)
                 handle.write(content)
             sftp.posix_rename(path + ".tmp", path)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
+        except (OSError, EOFError, paramiko.SSHException, paramiko.SFTPError) as exc:
             if not watchdog.is_alive() or isinstance(exc, TimeoutError):
                 raise CommandTimedOut(f"sftp put {path}", None, [],
-                                      f"writing {path} over SFTP took longer than {limit:g}s; "
-                                      "it was abandoned") from None
+                                      f"{why}; writing {path} was abandoned") from None
             raise ConnectionLost(f"could not write {path} on {self.address.label}: {exc}") \
                 from None
         finally:

@@ -252,3 +252,78 @@ def test_steps_leave_command_limits_to_the_step():
                     and any(k.arg == "timeout" for k in node.keywords):
                 capped.append(f"{path.name}:{node.lineno}")
     assert capped == []
+
+
+class DripChannel:
+    """A server's channel that sends a byte every 0.05 s for ever and never ends (as a server
+    that answers a byte at a time would), until it is closed."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.closed = threading.Event()
+        self.timeout: float | None = None
+        self.sent = list(b"\x00\x00\x10\x00")  # an SFTP packet of 4,096 bytes is coming
+
+    def settimeout(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def invoke_subsystem(self, name: str) -> None:
+        pass
+
+    def send(self, data: bytes) -> int:
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        pass
+
+    def recv(self, n: int) -> bytes:
+        if self.closed.wait(0.05):
+            return b""
+        return bytes([self.sent.pop(0) if self.sent else 1])  # within any per-read timeout
+
+    def exit_status_ready(self) -> bool:
+        return False  # the server never says the kill ended
+
+    def exec_command(self, command: str) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_a_file_write_to_a_server_answering_a_byte_at_a_time_ends_at_its_deadline():
+    import time
+
+    import pytest
+
+    from deploy_runs.errors import CommandTimedOut
+
+    channel = DripChannel()
+    transport = type("T", (), {"is_active": lambda self: True,
+                               "open_session": lambda self, timeout=None: channel})()
+    host = RemoteHost(ServerAddress("127.0.0.1", 22, "deploy", "unused-key", None))
+    host._client = type("C", (), {"get_transport": lambda self: transport})()  # type: ignore
+    host.deadline = (time.monotonic() + 0.5, "step timed out after 0.5s (timeouts.start)")
+    started = time.monotonic()
+    with pytest.raises(CommandTimedOut) as caught:
+        host.write_file("deploy-runs/apps/x/secrets/web.env", b"A=1\n")
+    assert time.monotonic() - started < 2
+    assert "step timed out after 0.5s (timeouts.start); writing" in str(caught.value)
+    assert channel.closed.is_set()
+
+
+def test_the_kill_of_a_command_waits_for_the_server_a_bounded_time(monkeypatch):
+    import time
+
+    from deploy_runs import remote
+
+    monkeypatch.setattr(remote, "KILL_TIMEOUT", 0.3)
+    channel = DripChannel()
+    transport = type("T", (), {"is_active": lambda self: True,
+                               "open_session": lambda self, timeout=None: channel})()
+    host = RemoteHost(ServerAddress("127.0.0.1", 22, "deploy", "unused-key", None))
+    host._client = type("C", (), {"get_transport": lambda self: transport})()  # type: ignore
+    started = time.monotonic()
+    assert host._kill(4242) is True
+    assert time.monotonic() - started < 1.5 and channel.closed.is_set()
