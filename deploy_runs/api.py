@@ -49,7 +49,13 @@ def send(client: SyncPrefectClient, method: str, path: str, body: Any,
         return None
     for wait in [*waits(patience), None]:
         # httpx's own send: one attempt, without Prefect's retry loop
-        response = httpx.Client.send(http, http.build_request(method, path, json=body))
+        built = http.build_request(method, path, json=body)
+        if getattr(http, "enable_csrf_support", False):
+            try:
+                http._add_csrf_headers(built)  # type: ignore[attr-defined] - see _answer
+            except Exception:  # no token to be had: Prefect's client deals with that
+                return None
+        response = httpx.Client.send(http, built)
         if response.status_code != 503:
             return _answer(response)
         if wait is not None:
@@ -58,8 +64,12 @@ def send(client: SyncPrefectClient, method: str, path: str, body: Any,
 
 
 def _answer(response: httpx.Response) -> httpx.Response | None:
-    """A settled answer; None for a server with CSRF protection (direct sends carry no token:
-    Prefect's client fetches one)."""
+    """A settled answer; None when the server refused the CSRF token, left to Prefect's client.
+
+    A direct send carries the CSRF token of Prefect's own client, got and renewed by the
+    client's `_add_csrf_headers` (Prefect 3's httpx clients, sync and async; deploy-runs' local
+    server has CSRF protection on): without it every direct send to such a server was refused
+    (403) and sent again by Prefect's client, ~2 ms more per label write, measured."""
     return None if response.status_code == 403 and b"CSRF" in response.content else response
 
 
@@ -86,7 +96,13 @@ async def asend(client: PrefectClient, method: str, path: str, body: Any,
     if not isinstance(http, httpx.AsyncClient):
         return None
     for wait in [*waits(patience), None]:
-        response = await httpx.AsyncClient.send(http, http.build_request(method, path, json=body))
+        built = http.build_request(method, path, json=body)
+        if getattr(http, "enable_csrf_support", False):
+            try:
+                await http._add_csrf_headers(built)  # type: ignore[attr-defined] - see _answer
+            except Exception:  # no token to be had: Prefect's client deals with that
+                return None
+        response = await httpx.AsyncClient.send(http, built)
         if response.status_code != 503:
             return _answer(response)
         if wait is not None:

@@ -355,12 +355,22 @@ def sandbox_status() -> None:
 
 @prefect_app.command("up")
 @friendly
-def prefect_up(port: Annotated[int, typer.Option()] = 4200) -> None:
+def prefect_up(port: Annotated[int, typer.Option()] = 4200,
+               host: Annotated[str, typer.Option(
+                   help="Address the server listens on; beyond loopback only with "
+                        "PREFECT_SERVER_API_AUTH_STRING set.")] = "127.0.0.1") -> None:
     """Start a local Prefect server (SQLite) and a worker, and point the Prefect profile at it."""
     from deploy_runs.prefect_local import start_local
+    from deploy_runs.server import CLIENT_AUTH_SETTING, check_bind, configured_auth_string
 
-    url = start_local(port)
+    # refused before anything starts (start_server checks again where it binds)
+    auth_string = configured_auth_string("server") or configured_auth_string("client")
+    check_bind(host, auth_string)
+    url = start_local(port, host=host)
     console.print(f"Prefect API {url} — UI at {url.removesuffix('/api')}")
+    if auth_string:
+        console.print(f"The API asks for its auth string: set {CLIENT_AUTH_SETTING} to the same "
+                      "value wherever the CLI, the Python API or a worker runs.", highlight=False)
 
 
 @prefect_app.command("down")

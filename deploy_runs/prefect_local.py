@@ -3,6 +3,11 @@
 
 The settings deploy-runs relies on (fast worker polling, short log batching, log streaming)
 are set here, so the worker, the demo and the tests get them without anyone exporting them.
+
+An API auth string (Prefect's HTTP Basic authentication), given or in Prefect's settings as
+PREFECT_SERVER_API_AUTH_STRING or PREFECT_API_AUTH_STRING, goes to the server as the first and
+to the workers as the second, so everything started here works with it. A server listens
+beyond loopback only with one (deploy_runs/server.py, `check_bind`).
 """
 
 from __future__ import annotations
@@ -44,8 +49,14 @@ def home() -> Path:
     return path
 
 
-def api_url(port: int = DEFAULT_PORT) -> str:
-    return f"http://127.0.0.1:{port}/api"
+def api_url(port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> str:
+    """The API URL by which this machine reaches a server listening on `host` (on all
+    addresses: by loopback)."""
+    name = host.strip().removeprefix("[").removesuffix("]")
+    name = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(name.lower(), name)
+    if name.lower().rstrip(".") == "localhost":
+        name = "127.0.0.1"
+    return f"http://[{name}]:{port}/api" if ":" in name else f"http://{name}:{port}/api"
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -148,22 +159,35 @@ def start_postgres(state: Path, port: int, timeout: float = 60.0) -> str:
 
 
 def start_server(port: int = DEFAULT_PORT, state: Path | None = None,
-                 timeout: float = 90.0, database_url: str | None = None) -> str:
+                 timeout: float = 90.0, database_url: str | None = None,
+                 host: str = "127.0.0.1", auth_string: str | None = None) -> str:
     """Start a local Prefect server unless one already answers there; return its API URL.
-    `database_url`: e.g. from start_postgres (default: SQLite under `state`)."""
+    `database_url`: e.g. from start_postgres (default: SQLite under `state`). `host`: where it
+    listens; beyond loopback only with an auth string (`auth_string`, else Prefect's settings
+    PREFECT_SERVER_API_AUTH_STRING or PREFECT_API_AUTH_STRING): UnprotectedAPI otherwise."""
+    from deploy_runs.server import check_bind, configured_auth_string, is_loopback
+
+    auth_string = (auth_string or configured_auth_string("server")
+                   or configured_auth_string("client"))
+    check_bind(host, auth_string)
     state = state or home()
-    url = api_url(port)
+    url = api_url(port, host)
     if healthy(url):
         return url
+    # the UI asks the server where the API is: without this it answers port 4200 (a server
+    # reached from other machines keeps the PREFECT_UI_API_URL it is given)
+    ui_api_url = url if is_loopback(host) else os.environ.get("PREFECT_UI_API_URL", url)
     env = {**os.environ, **SERVER_SETTINGS, "PREFECT_HOME": str(state / "home"),
-           # the UI asks the server where the API is: without this it answers port 4200
-           "PREFECT_UI_API_URL": url}
+           "PREFECT_UI_API_URL": ui_api_url}
+    if auth_string:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     env.pop("PREFECT_API_URL", None)
-    # Prefect's server, with busy SQLite writes retried in the server (deploy_runs/server.py)
+    # Prefect's server, with busy SQLite writes retried in the server, CSRF protection on and
+    # cross-origin requests from its own UI only (deploy_runs/server.py)
     _start("server", [sys.executable, "-m", "deploy_runs.server",
-                      "--host", "127.0.0.1", "--port", str(port)], env, state)
+                      "--host", host, "--port", str(port)], env, state)
     deadline = time.monotonic() + timeout
     while not healthy(url):
         if _alive(state / "server.pid") is None:
@@ -174,27 +198,42 @@ def start_server(port: int = DEFAULT_PORT, state: Path | None = None,
     return url
 
 
-def worker_env(url: str) -> dict[str, str]:
-    return {**os.environ, **FLOW_SETTINGS, "PREFECT_API_URL": url}
+def worker_env(url: str, auth_string: str | None = None) -> dict[str, str]:
+    env = {**os.environ, **FLOW_SETTINGS, "PREFECT_API_URL": url}
+    if auth_string:
+        env["PREFECT_API_AUTH_STRING"] = auth_string
+    return env
 
 
 def start_worker(url: str, state: Path | None = None, name: str = "worker",
-                 pool: str | None = None, warm: bool = True) -> int:
-    """Start a worker for the deploy-runs pool (or `pool`), reusing one that is already
-    running: Prefect's process worker with warm-started flow processes (deploy_runs.worker),
-    or with `warm=False` Prefect's stock process worker (a baseline for benchmarks)."""
+                 pool: str | None = None, warm: bool = True,
+                 auth_string: str | None = None) -> int:
+    """Start a worker for the deploy-runs pool (or `pool`) of the API at `url`, reusing one
+    that is already running: Prefect's process worker with warm-started flow processes
+    (deploy_runs.worker), or with `warm=False` Prefect's stock process worker (a baseline for
+    benchmarks). `auth_string`: the API's (default: Prefect's settings PREFECT_API_AUTH_STRING,
+    else PREFECT_SERVER_API_AUTH_STRING), for the worker and its runs."""
     state = state or home()
     pid = _alive(state / f"{name}.pid")
     if pid:
         return pid
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from deploy_runs.server import configured_auth_string
     from deploy_runs.spec import WORK_POOL, ensure_work_pool
 
+    auth_string = (auth_string or configured_auth_string("client")
+                   or configured_auth_string("server"))
     pool = pool or WORK_POOL
-    ensure_work_pool(pool)
+    updates = {PREFECT_API_URL: url}
+    if auth_string:
+        updates[PREFECT_API_AUTH_STRING] = auth_string
+    with temporary_settings(updates=updates):
+        ensure_work_pool(pool)
     argv = ([sys.executable, "-m", "deploy_runs.cli", "worker"] if warm else
             [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"])
     return _start(name, [*argv, "--pool", pool, "--name", f"deploy-runs-{name}"],
-                  worker_env(url), state)
+                  worker_env(url, auth_string), state)
 
 
 def stop(state: Path | None = None, timeout: float = 15.0) -> list[str]:
@@ -218,17 +257,23 @@ def stop(state: Path | None = None, timeout: float = 15.0) -> list[str]:
     return stopped
 
 
-def start_local(port: int = DEFAULT_PORT) -> str:
-    """The embedded default: reuse PREFECT_API_URL when it answers, else start a local server;
-    save the URL in the current Prefect profile (as `prefect config set` does) and start a
-    worker. Returns the API URL; the caller's own process should use it through
+def start_local(port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> str:
+    """The embedded default: reuse PREFECT_API_URL when it answers, else start a local server
+    listening on `host` (beyond loopback only with an auth string, see start_server); save the
+    URL in the current Prefect profile (as `prefect config set` does; never the auth string)
+    and start a worker. Returns the API URL; the caller's own process should use it through
     `prefect.settings.temporary_settings`."""
     from prefect.settings import PREFECT_API_URL, temporary_settings, update_current_profile
 
+    from deploy_runs.server import configured_auth_string
+
     url = os.environ.get("PREFECT_API_URL") or ""
+    auth_string = None
     if not (url and healthy(url)):
-        url = start_server(port)
+        # the server's string is what the server started here will ask its worker for
+        auth_string = configured_auth_string("server") or configured_auth_string("client")
+        url = start_server(port, host=host, auth_string=auth_string)
         update_current_profile({PREFECT_API_URL: url})
     with temporary_settings(updates={PREFECT_API_URL: url}):
-        start_worker(url)
+        start_worker(url, auth_string=auth_string)
     return url

@@ -27,23 +27,40 @@ through Prefect's hook for the database configuration: then none was
 retried, and 20 deploys requested at once (`bench/scale.py`, SQLite) ran 21.6-21.7 a minute
 (two samples) instead of 10.6 (one sample), each taking 9-31 s (median) instead of 75 s.
 
+The API holds every server's SSH private key (SSHServer blocks), every app's secrets, and
+whoever may create a deployment runs code on the workers. So the server listens beyond loopback
+(127.0.0.0/8, ::1, localhost) only with Prefect's own authentication,
+`PREFECT_SERVER_API_AUTH_STRING` (clients and workers send the same value as
+`PREFECT_API_AUTH_STRING`): without it `main` refuses before binding. And unless they are set
+explicitly, Prefect's CSRF protection is on and cross-origin requests are allowed from the
+server's own UI origin only (Prefect's defaults: CSRF off, every origin), so a web page in a
+browser that can reach the server cannot drive it. A request without the auth string is not
+buffered or retried here: Prefect answers it 401 (or 403 without a CSRF token).
+
     python -m deploy_runs.server --host 127.0.0.1 --port 4200
+    PREFECT_SERVER_API_AUTH_STRING='admin:LONG-RANDOM' python -m deploy_runs.server --host 0.0.0.0
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hmac
+import ipaddress
 import json
+import os
 import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from deploy_runs.api import waits as doubling_waits
+from deploy_runs.errors import DeployRunsError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -118,14 +135,16 @@ def is_busy_answer(start: Message, body: bytes) -> bool:
 class RetryWhenBusy:
     """ASGI middleware: run a request again while Prefect answers it "busy, retry" (above)."""
 
-    def __init__(self, app: ASGIApp, patience: float = PATIENCE) -> None:
+    def __init__(self, app: ASGIApp, patience: float = PATIENCE,
+                 auth_string: str | None = None) -> None:
         self.app = app
         self.patience = patience
         self.waits = waits(patience)
         self._retrying: asyncio.Lock | None = None
+        self._authorization = basic_authorization(auth_string) if auth_string else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not self._authorized(scope):
             await self.app(scope, receive, send)
             return
         body, disconnected = await _read_body(receive)
@@ -137,6 +156,16 @@ class RetryWhenBusy:
             await self._handle(scope, body, receive, send)
         finally:
             _BEGIN_IMMEDIATE.reset(marked)
+
+    def _authorized(self, scope: Scope) -> bool:
+        """With an auth string, only a request that carries it (as Prefect's client sends it) is
+        buffered and may run again; any other goes straight to Prefect, which refuses it
+        without reading its body (401; 403 first for a change without a CSRF token)."""
+        if self._authorization is None:
+            return True
+        given = next((value for name, value in scope.get("headers", [])
+                      if name.lower() == b"authorization"), b"")
+        return hmac.compare_digest(given, self._authorization)
 
     async def _handle(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         if not await self._attempt(scope, body, receive, send, last=False):
@@ -267,6 +296,110 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+# Who may use the API ---------------------------------------------------------------------------
+
+SERVER_AUTH_SETTING = "PREFECT_SERVER_API_AUTH_STRING"  # the server's (Prefect's ServerAPISettings)
+CLIENT_AUTH_SETTING = "PREFECT_API_AUTH_STRING"  # clients' and workers' (Prefect's APISettings)
+CSRF_SETTING = "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"
+CORS_SETTING = "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+class UnprotectedAPI(DeployRunsError):
+    """A server asked to listen beyond loopback without an API auth string."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only: an address in 127.0.0.0/8, ::1 (also
+    as ::ffff:127.x.y.z), or the name localhost. Any other name may resolve to anything."""
+    name = host.strip().removeprefix("[").removesuffix("]")
+    if name.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
+
+
+def check_bind(host: str, auth_string: str | None) -> None:
+    """Refuse (UnprotectedAPI) to serve the API on `host` beyond loopback without an auth
+    string: anyone who reached it could read every server's SSH key and every app's secrets,
+    and run code on the workers by creating a deployment."""
+    if auth_string or is_loopback(host):
+        return
+    raise UnprotectedAPI(
+        f"refusing to serve the Prefect API on {host or '(all addresses)'} without "
+        "authentication: anyone who reaches it could read every server's SSH key and every "
+        f"app's secrets, and run code on the workers. Set {SERVER_AUTH_SETTING}=USER:PASSWORD "
+        f"(a long random password) for the server and {CLIENT_AUTH_SETTING}, the same value, "
+        "wherever a worker, the CLI or the Python API runs, with TLS in front of the API; "
+        "or listen on 127.0.0.1.")
+
+
+def configured_auth_string(side: Literal["server", "client"]) -> str | None:
+    """The API auth string in Prefect's settings here (environment, profile, pyproject.toml):
+    the server's (`PREFECT_SERVER_API_AUTH_STRING`) or the clients' (`PREFECT_API_AUTH_STRING`).
+    None when unset or empty."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    secret = settings.server.api.auth_string if side == "server" else settings.api.auth_string
+    return (secret.get_secret_value() or None) if secret is not None else None
+
+
+def basic_authorization(auth_string: str) -> bytes:
+    """The Authorization header Prefect's client sends for `auth_string` (HTTP Basic)."""
+    return b"Basic " + base64.b64encode(auth_string.encode())
+
+
+def _origin(url: str | None) -> str | None:
+    parts = urlsplit(url or "")
+    if not (parts.scheme and parts.netloc):
+        return None
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}".lower()
+
+
+def own_origins(host: str, port: int) -> list[str]:
+    """The origins the server's own UI is opened from: the URLs Prefect's settings give for the
+    UI and for the UI's API (PREFECT_UI_URL, PREFECT_UI_API_URL, or both from PREFECT_API_URL;
+    not Prefect's guess from its default port), and the address it listens on (127.0.0.1 and
+    localhost for loopback and all addresses)."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    ui = settings.server.ui
+    given = "api_url" in ui.model_fields_set or settings.api.url
+    if is_loopback(host) or host in WILDCARD_HOSTS:
+        listening = [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+    else:
+        name = host.strip().removeprefix("[").removesuffix("]")
+        listening = [f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"]
+    origins = [_origin(settings.ui_url), _origin(ui.api_url) if given else None, *listening]
+    return list(dict.fromkeys(o for o in origins if o))
+
+
+def protect_from_browsers(host: str, port: int) -> dict[str, str]:
+    """Prefect's CSRF protection on, and cross-origin requests from the server's own origins
+    only, unless set explicitly (environment, profile): set in this process's environment and
+    Prefect's process-wide settings (every thread and task of the server sees the same, as
+    Prefect's app cache needs). Returns what was set."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import get_current_settings
+
+    explicit = get_current_settings().server.api.model_fields_set
+    chosen = {}
+    if "csrf_protection_enabled" not in explicit:
+        chosen[CSRF_SETTING] = "true"
+    if "cors_allowed_origins" not in explicit:
+        chosen[CORS_SETTING] = ",".join(own_origins(host, port))
+    if chosen:
+        os.environ.update(chosen)
+        refresh_global_settings_context()
+    return chosen
+
+
 def create_app() -> ASGIApp:
     """Prefect's server app (API, UI, services), as `prefect server start` creates it; on
     SQLite with the database configuration of `sqlite_configuration`."""
@@ -278,7 +411,7 @@ def create_app() -> ASGIApp:
     url = PREFECT_API_DATABASE_CONNECTION_URL.value()
     if get_dialect(url).name == "sqlite":
         set_database_config(sqlite_configuration(url))
-    return RetryWhenBusy(prefect_app(final=True))
+    return RetryWhenBusy(prefect_app(final=True), auth_string=configured_auth_string("server"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -287,6 +420,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4200)
     args = parser.parse_args(argv)
+    try:
+        check_bind(args.host, configured_auth_string("server"))
+    except UnprotectedAPI as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    protect_from_browsers(args.host, args.port)
 
     import uvicorn
     from prefect.settings import (

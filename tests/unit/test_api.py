@@ -27,6 +27,8 @@ class Store:
     def __init__(self, busy_answers: int) -> None:
         self.busy_answers = busy_answers
         self.csrf = False  # answer as a server with CSRF protection does to a bare request
+        self.csrf_tokens = False  # hand out CSRF tokens, and ask for them (Prefect's way)
+        self.tokens_given = 0
         self.requests: list[tuple[str, str, object]] = []
         self.url = ""
 
@@ -36,11 +38,29 @@ def store() -> Iterator[Store]:
     state = Store(0)
 
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            # Prefect's CSRF token endpoint: 422 while CSRF protection is off (the client then
+            # stops asking), a token while it is on
+            state.tokens_given += self.path.startswith("/api/csrf-token") and state.csrf_tokens
+            if state.csrf_tokens:
+                self.send_response(200)
+                payload = json.dumps({"token": "t0k3n", "client": "c",
+                                      "expiration": "2099-01-01T00:00:00Z"}).encode()
+            else:
+                self.send_response(422)
+                payload = b'{"detail": "CSRF protection is disabled."}'
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
         def do_PATCH(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             state.requests.append(("PATCH", self.path, body))
             busy = len(state.requests) <= state.busy_answers
-            if state.csrf:
+            if state.csrf_tokens and self.headers.get("Prefect-Csrf-Token") != "t0k3n":
+                self.send_response(403)
+                payload = b'{"detail": "Invalid CSRF token."}'
+            elif state.csrf:
                 self.send_response(403)
                 payload = b'{"detail": "Missing CSRF token."}'
             else:
@@ -131,3 +151,22 @@ def test_a_server_asking_for_a_csrf_token_is_left_to_prefects_client(store):
     assert send(SyncPrefectClient(store.url), "PATCH", "/flow_runs/x/labels", {}) is None
     assert asyncio.run(attempt()) is None
     assert len(store.requests) == 2  # one attempt each, no busy-store retries
+
+
+def test_a_direct_send_to_a_server_with_csrf_protection_carries_prefects_token(store):
+    # deploy-runs' local server has CSRF protection on: the direct send gets the token as
+    # Prefect's client does (once), instead of being refused and sent again by the client
+    import asyncio
+
+    store.csrf_tokens = True
+    store.busy_answers = 1
+    client = SyncPrefectClient(store.url)  # CSRF support is on by default (a setting)
+    response = send(client, "PATCH", "/flow_runs/x/labels", {"a": "1"})
+    assert response is not None and response.status_code == 204
+    assert len(store.requests) == 2 and store.tokens_given == 1  # busy once, then taken
+
+    async def attempt():
+        async with PrefectClient(store.url) as client:
+            return await asend(client, "PATCH", "/flow_runs/x/labels", {})
+
+    assert asyncio.run(attempt()).status_code == 204
