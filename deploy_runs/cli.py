@@ -18,10 +18,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
 from deploy_runs.errors import DeployRunsError
 from deploy_runs.logs import LogLine
 from deploy_runs.models import Run
+from deploy_runs.safetext import safe_terminal
 from deploy_runs.status import RunStatus
 from deploy_runs.view import (
     render_comparison,
@@ -58,7 +60,9 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except DeployRunsError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            # its text may hold a server's or a repository's words: shown as text, never markup
+            err.print(Text.assemble(("error: ", "red"), safe_terminal(str(exc), keep_newlines=True)),
+                      highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

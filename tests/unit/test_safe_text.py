@@ -314,3 +314,26 @@ def test_the_summary_keeps_its_words_for_ordinary_runs():
     assert markdown.startswith("## 🔴 shop: Failed")
     assert "**Commit** `abc1234def56` Fix the login page" in markdown
     assert "`build-command-failed`" in markdown and "| ⚪ | ~~Health check~~ | Skipped |" in markdown
+
+
+def test_a_cli_error_shows_a_servers_words_as_text(monkeypatch):
+    import io
+
+    import pytest
+    import typer
+    from rich.console import Console
+
+    import deploy_runs.cli as cli
+    from deploy_runs.errors import StepFailed
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=out, force_terminal=True, width=200))
+
+    @cli.friendly
+    def fails() -> None:
+        raise StepFailed("bad [bold]x[/bold] \x1b]0;pwned\x07\x1b[2J end")
+
+    with pytest.raises(typer.Exit):
+        fails()
+    shown = out.getvalue()
+    assert "[bold]x[/bold]" in shown and "pwned" not in shown and "\x1b[2J" not in shown
