@@ -247,6 +247,14 @@ def test_a_deploy_runs_end_to_end_against_the_locked_server(locked: Locked, sand
     assert raw(locked.url, "GET", f"/flow_runs/{run.id}", headers=authorization()).status_code == 200
     assert raw(locked.url, "GET", f"/flow_runs/{run.id}").status_code == 401
     assert raw(prefect_api, "GET", f"/flow_runs/{run.id}").status_code == 404
+    # the CLI, as a user runs it on another machine: with the string it shows the run
+    env = {**ENV_WITHOUT_AUTH, "PREFECT_API_URL": locked.url}
+    show = [sys.executable, "-m", "deploy_runs.cli", "show", str(run.id)]
+    shown = subprocess.run(show, env={**env, "PREFECT_API_AUTH_STRING": AUTH},
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "Completed" in shown.stdout, shown.stderr[-2000:]
+    refused = subprocess.run(show, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "401" in refused.stdout + refused.stderr
 
 
 def listening_on_all_addresses(port: int) -> bool:
@@ -302,3 +310,36 @@ def test_the_server_serves_all_addresses_with_an_auth_string(tmp_path):
         assert raw(url, "GET", missing, headers=authorization()).status_code == 404
     finally:
         stop(state)
+
+
+def test_the_prefect_ui_asks_for_the_auth_string_and_then_shows_the_server(locked: Locked):
+    """The UI of a locked server, in headless Chromium: it asks for the auth string (Prefect's
+    login page) and, given it, shows what the server holds."""
+    import tempfile
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from .test_ui import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, loopback_only, save_screenshot
+
+    base = locked.url.removesuffix("/api")
+    with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        context = pw.chromium.launch_persistent_context(
+            profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 1400, "height": 1000})
+        outside: list[str] = []
+        context.route("**/*", lambda route: loopback_only(route, outside))
+        page = context.new_page()
+        try:
+            page.goto(f"{base}/deployments")
+            password = page.locator("input[type=password]")
+            expect(password).to_be_visible(timeout=WAIT_MS)
+            save_screenshot(page, locked.state / "locked-ui-login.png")
+            expect(page.get_by_text("locked-deployment")).to_have_count(0)
+            password.fill(AUTH)
+            password.press("Enter")
+            page.goto(f"{base}/deployments")
+            expect(page.get_by_text("locked-deployment").first).to_be_visible(timeout=WAIT_MS)
+            save_screenshot(page, locked.state / "locked-ui-deployments.png")
+        finally:
+            context.close()
+    assert not outside, outside

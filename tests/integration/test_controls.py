@@ -175,11 +175,15 @@ def test_stop_during_a_long_remote_command_kills_it_and_skips_the_rest(client, m
     app = make_app("hello", files=slow_build_files(120, mark))
     run_id, proc = start(app)
     wait_for(lambda: server_processes(mark), 90, "the slow build command on the server")
+    # the whole process group goes: the RUN's command and the docker build client too
+    client_process = f"docker build --tag deploy-runs/{app.name}-web:"
+    assert server_processes(client_process), "the docker build client runs on the server"
 
     client.stop(run_id)
 
     run = wait_status(client, run_id, RunStatus.STOPPED, timeout=15)
     wait_for(lambda: not server_processes(mark), 15, "the remote command to be gone")
+    wait_for(lambda: not server_processes(client_process), 15, "the docker build client to go")
     assert [(s.name, s.status) for s in run.steps] == [
         ("Provision server", StepStatus.COMPLETED),
         ("Fetch source", StepStatus.COMPLETED),
