@@ -315,31 +315,19 @@ def test_the_server_serves_all_addresses_with_an_auth_string(tmp_path):
 def test_the_prefect_ui_asks_for_the_auth_string_and_then_shows_the_server(locked: Locked):
     """The UI of a locked server, in headless Chromium: it asks for the auth string (Prefect's
     login page) and, given it, shows what the server holds."""
-    import tempfile
+    from playwright.sync_api import expect
 
-    from playwright.sync_api import expect, sync_playwright
-
-    from .test_ui import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, loopback_only, save_screenshot
+    from .test_ui import WAIT_MS, chromium_page, save_screenshot
 
     base = locked.url.removesuffix("/api")
-    with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-        context = pw.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1400, "height": 1000})
-        outside: list[str] = []
-        context.route("**/*", lambda route: loopback_only(route, outside))
-        page = context.new_page()
-        try:
-            page.goto(f"{base}/deployments")
-            password = page.locator("input[type=password]")
-            expect(password).to_be_visible(timeout=WAIT_MS)
-            save_screenshot(page, locked.state / "locked-ui-login.png")
-            expect(page.get_by_text("locked-deployment")).to_have_count(0)
-            password.fill(AUTH)
-            password.press("Enter")
-            page.goto(f"{base}/deployments")
-            expect(page.get_by_text("locked-deployment").first).to_be_visible(timeout=WAIT_MS)
-            save_screenshot(page, locked.state / "locked-ui-deployments.png")
-        finally:
-            context.close()
-    assert not outside, outside
+    with chromium_page(height=1000) as page:
+        page.goto(f"{base}/deployments")
+        password = page.locator("input[type=password]")
+        expect(password).to_be_visible(timeout=WAIT_MS)
+        save_screenshot(page, locked.state / "locked-ui-login.png")
+        expect(page.get_by_text("locked-deployment")).to_have_count(0)
+        password.fill(AUTH)
+        password.press("Enter")
+        page.goto(f"{base}/deployments")
+        expect(page.get_by_text("locked-deployment").first).to_be_visible(timeout=WAIT_MS)
+        save_screenshot(page, locked.state / "locked-ui-deployments.png")

@@ -57,14 +57,16 @@ def ui_runs(client, make_app) -> tuple[Run, Run]:
     return completed, failed
 
 
-@pytest.fixture
-def page(ui_runs, prefect_api: str) -> Iterator[Page]:
+@contextlib.contextmanager
+def chromium_page(height: int = 1100) -> Iterator[Page]:
+    """A page of Debian's headless Chromium with a fresh profile, allowed to reach this
+    machine only (any other request is refused, and fails the test afterwards)."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run `python -m deploy_runs.sandbox install`")
     with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         context = pw.chromium.launch_persistent_context(
             profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1400, "height": 1100})
+            viewport={"width": 1400, "height": height})
         outside: list[str] = []
         context.route("**/*", lambda route: loopback_only(route, outside))
         try:
@@ -72,6 +74,12 @@ def page(ui_runs, prefect_api: str) -> Iterator[Page]:
         finally:
             context.close()
         assert not outside, f"the pages asked for addresses off this machine: {outside}"
+
+
+@pytest.fixture
+def page(ui_runs, prefect_api: str) -> Iterator[Page]:
+    with chromium_page() as opened:
+        yield opened
 
 
 def ui_base(prefect_api: str) -> str:
