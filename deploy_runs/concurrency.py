@@ -19,6 +19,18 @@ runs started without a worker (in-process flow calls).
 
 A run whose process dies stops renewing the lease; Prefect's lease reaper gives the slot back
 LEASE_SECONDS (60, Prefect's minimum) to about 75 s later. No lock, marker or file is left.
+
+The engine's own faults (a Prefect server restarted with its leases in memory, a holder whose
+release never reached the server) can leave the slot counted while nobody holds it. The run
+first in line for the slot frees it (`Orphans`):
+
+- a slot held by a run that is no longer active: its lease (the run's label names it) is
+  released at once, as the run would have released it;
+- a slot counted while no active run holds it and no ended run's lease is known: freed after
+  ORPHAN_GRACE_SECONDS (10 s) of seeing it so on every look (a run that has just taken the slot
+  says so within milliseconds).
+
+Either is said in the waiting run's log ("slot held by no active run; freed").
 """
 
 from __future__ import annotations
@@ -45,11 +57,17 @@ from deploy_runs.record import fact_label
 from deploy_runs.status import RunStatus
 
 SLOT_LABEL = fact_label("slot")
+LEASE_LABEL = fact_label("lease")  # the lease by which a run holds the slot
 HELD = "held"
 LEASE_SECONDS = 60.0
 RENEW_EVERY = LEASE_SECONDS * 0.75  # as Prefect renews its own leases
 RENEW_RETRY_SECONDS = 5.0
 POLL_SECONDS = 1.0
+# how long the slot must be seen counted with no holder before it is freed (a run that takes
+# the slot labels itself its holder right after)
+ORPHAN_GRACE_SECONDS = 10.0
+ENDING = "a run that is ending"
+ENDED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.STOPPED)
 # a run that is ending (Cancelling) may still hold the lease: taking the slot, not this list,
 # is what decides
 ACTIVE = (RunStatus.STARTED, RunStatus.IN_PROGRESS, RunStatus.PAUSED)
@@ -129,7 +147,7 @@ class Waiting:
                    and r.state is not None and r.state.type in QUEUED_TYPES
                    and not (r.expected_start_time and r.expected_start_time > now)]
         blocker = holder or (earlier[0] if earlier else None)
-        return not earlier, describe(blocker) if blocker else "a run that is ending"
+        return not earlier, describe(blocker) if blocker else ENDING
 
 
 def _acquire(client: SyncPrefectClient, app: str, run_id: UUID) -> UUID | None:
@@ -213,17 +231,71 @@ class LeaseKeeper:
                 wait = self.retry_after
 
 
+@dataclass
+class Orphans:
+    """Whether the application's slot, found taken, is held by nobody (pure): true once every
+    look for `grace` seconds (time.monotonic() values) found no active run holding it."""
+
+    grace: float = ORPHAN_GRACE_SECONDS
+    since: float | None = None
+
+    def look(self, active: list[FlowRun], now: float) -> bool:
+        if any(holds_slot(r) for r in active):
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = now
+        return now - self.since >= self.grace
+
+    def reset(self) -> None:
+        self.since = None
+
+
+def ended_holders(runs: list[FlowRun]) -> list[tuple[FlowRun, UUID]]:
+    """Runs (ended) still labelled holders of the slot, with the lease they held (pure)."""
+    found = []
+    for run in runs:
+        lease = (run.labels or {}).get(LEASE_LABEL)
+        if holds_slot(run) and isinstance(lease, str):
+            with contextlib.suppress(ValueError):
+                found.append((run, UUID(lease)))
+    return found
+
+
+def _free_ended_holders(client: SyncPrefectClient, app: str, log: Callable[[str], None]) -> bool:
+    """Release the leases of runs of `app` that ended still holding its slot (their release
+    never reached the server); true when there was one."""
+    ended = client.read_flow_runs(flow_run_filter=run_filter(app, ENDED),
+                                  sort=FlowRunSort.END_TIME_DESC, limit=20)
+    holders = ended_holders(ended)
+    for run, lease in holders:
+        client.release_concurrency_slots_with_lease(lease)
+        write_labels(client, run.id, {SLOT_LABEL: "released"})
+        log(f"The slot of {app} was still held by run {describe(run)}, which has ended: "
+            "slot held by no active run; freed.")
+    return bool(holders)
+
+
+def _free_orphan(client: SyncPrefectClient, app: str, log: Callable[[str], None]) -> None:
+    client.release_concurrency_slots([limit_name(app)], slots=1,
+                                     occupancy_seconds=ORPHAN_GRACE_SECONDS)
+    log(f"The slot of {app} was counted taken for {ORPHAN_GRACE_SECONDS:g} s with no run "
+        "holding it (a lease the Prefect server lost): slot held by no active run; freed.")
+
+
 @contextlib.contextmanager
 def app_slot(app: str, run_id: UUID, policy: str, *,
              log: Callable[[str], None]) -> Iterator[float]:
     """Hold the application's slot for the body; yields the seconds spent waiting for it.
     Raises SlotRefused when the policy (or a Stop while waiting) ends the run instead."""
     waiting = Waiting(policy, run_id)
+    orphans = Orphans()
     began = time.monotonic()
     said = ""
     with get_client(sync_client=True) as client:
         while True:
-            may_try, blocker = waiting.look(active_runs(client, app))
+            active = active_runs(client, app)
+            may_try, blocker = waiting.look(active)
             lease = _acquire(client, app, run_id) if may_try else None
             if lease is not None:
                 taken = time.monotonic()
@@ -231,16 +303,27 @@ def app_slot(app: str, run_id: UUID, policy: str, *,
             if policy == "reject":  # the holder was not listed yet: refuse all the same
                 raise SlotRefused(f"Refused: another run of {app} holds its slot "
                                   "(concurrency: reject).")
+            if not may_try:  # runs requested earlier go first, and free the slot if need be
+                orphans.reset()
+            elif not any(holds_slot(r) for r in active) and _free_ended_holders(client, app, log):
+                orphans.reset()
+                continue
+            elif orphans.look(active, time.monotonic()):
+                _free_orphan(client, app, log)
+                orphans.reset()
+                continue
             if blocker != said:
                 log(f"Waiting for run {blocker} to end: one run of {app} at a time "
-                    f"(concurrency: {policy}).")
+                    f"(concurrency: {policy})." if blocker != ENDING else
+                    f"Waiting for the slot of {app}: it is held by a run that is ending, or by "
+                    f"none (then it is freed {ORPHAN_GRACE_SECONDS:g} s from now).")
                 said = blocker
             time.sleep(POLL_SECONDS)
         waited = time.monotonic() - began
         if said:
             log(f"Got the slot of {app} after waiting {waited:.1f} s.")
-        write_labels(client, run_id, {SLOT_LABEL: HELD})
         try:
+            write_labels(client, run_id, {SLOT_LABEL: HELD, LEASE_LABEL: str(lease)})
             with LeaseKeeper(partial(_renew, lease), log=log, taken=taken):
                 yield waited
         finally:

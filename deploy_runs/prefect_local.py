@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,14 @@ SERVER_SETTINGS = {
     # Log readers page through long logs 1,000 records at a time (Prefect's default is 200).
     "PREFECT_SERVER_API_DEFAULT_LIMIT": "1000",
 }
+# Where the server keeps concurrency leases (each run's hold on its application's slot).
+# Prefect's default keeps them in memory: a server restart forgets them while the slots stay
+# counted in the database, and every later run of those applications waits for good. On disk
+# (under the server's PREFECT_HOME) they survive a restart, a kill included; with Redis they
+# are shared by servers on several machines.
+FILE_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
+REDIS_LEASES = "prefect_redis.lease_storage"
+LEASE_STORAGE_SETTING = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
 FLOW_SETTINGS = {
     # Logs reach the API within ~0.1 s instead of the 2 s default.
     "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.1",
@@ -158,13 +167,49 @@ def start_postgres(state: Path, port: int, timeout: float = 60.0) -> str:
     return url
 
 
+def start_redis(state: Path, port: int, timeout: float = 30.0) -> str:
+    """A Redis server of its own (Debian's `redis-server`; data under `state`), listening on
+    127.0.0.1:`port` only, saving its data on every write (leases are few and must survive a
+    restart). Returns its URL for start_server(redis_url=...)."""
+    url = f"redis://127.0.0.1:{port}/0"
+    if _alive(state / "redis.pid"):
+        return url
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(binary).exists():
+        raise RuntimeError("Redis is not installed (Debian package `redis-server`; "
+                           "`python -m deploy_runs.sandbox install` installs it)")
+    data = state / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    _start("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+                     "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+                     "--protected-mode", "yes", "--daemonize", "no"], dict(os.environ), state)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return url
+        except OSError:
+            pass
+        if _alive(state / "redis.pid") is None:
+            raise RuntimeError(f"Redis exited; see {state / 'redis.log'}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Redis did not answer within {timeout:g}s")
+        time.sleep(0.1)
+
+
 def start_server(port: int = DEFAULT_PORT, state: Path | None = None,
                  timeout: float = 90.0, database_url: str | None = None,
-                 host: str = "127.0.0.1", auth_string: str | None = None) -> str:
+                 host: str = "127.0.0.1", auth_string: str | None = None,
+                 redis_url: str | None = None) -> str:
     """Start a local Prefect server unless one already answers there; return its API URL.
     `database_url`: e.g. from start_postgres (default: SQLite under `state`). `host`: where it
     listens; beyond loopback only with an auth string (`auth_string`, else Prefect's settings
-    PREFECT_SERVER_API_AUTH_STRING or PREFECT_API_AUTH_STRING): UnprotectedAPI otherwise."""
+    PREFECT_SERVER_API_AUTH_STRING or PREFECT_API_AUTH_STRING): UnprotectedAPI otherwise.
+    Concurrency leases are kept on disk under `state`, or in Redis at `redis_url` (e.g. from
+    start_redis; Prefect's `prefect-redis`), unless PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE
+    says otherwise."""
     from deploy_runs.server import check_bind, configured_auth_string, is_loopback
 
     auth_string = (auth_string or configured_auth_string("server")
@@ -179,6 +224,10 @@ def start_server(port: int = DEFAULT_PORT, state: Path | None = None,
     ui_api_url = url if is_loopback(host) else os.environ.get("PREFECT_UI_API_URL", url)
     env = {**os.environ, **SERVER_SETTINGS, "PREFECT_HOME": str(state / "home"),
            "PREFECT_UI_API_URL": ui_api_url}
+    if redis_url:
+        env.update({LEASE_STORAGE_SETTING: REDIS_LEASES, "PREFECT_REDIS_MESSAGING_URL": redis_url})
+    else:
+        env.setdefault(LEASE_STORAGE_SETTING, FILE_LEASES)
     if auth_string:
         env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
     if database_url:
@@ -236,17 +285,23 @@ def start_worker(url: str, state: Path | None = None, name: str = "worker",
                   worker_env(url, auth_string), state)
 
 
-def stop(state: Path | None = None, timeout: float = 15.0) -> list[str]:
-    """Stop what start_server/start_worker started (by PID file); return what was stopped."""
+def stop(state: Path | None = None, timeout: float = 15.0, only: tuple[str, ...] = (),
+         sig: signal.Signals = signal.SIGTERM) -> list[str]:
+    """Stop what start_server/start_worker/start_postgres/start_redis started (by PID file;
+    `only` those names), with `sig` and, after `timeout` seconds, SIGKILL; return what was
+    stopped."""
     state = state or home()
     stopped = []
-    # workers first, the database last (it waits for the server's connections to close)
-    order = {"server": 1, "postgres": 2}
+    # workers first, the databases last (they wait for the server's connections to close)
+    order = {"server": 1, "postgres": 2, "redis": 2}
     for pid_file in sorted(state.glob("*.pid"), key=lambda p: (order.get(p.stem, 0), p.stem)):
+        if only and pid_file.stem not in only:
+            continue
         pid = _alive(pid_file)
         if pid:
-            # Signal the process group: the worker's flow processes go with it.
-            os.killpg(pid, signal.SIGTERM)
+            # Signal the process group (each started here leads its own): a worker's fork
+            # server goes with it; its runs' processes lead groups of their own.
+            os.killpg(pid, sig)
             deadline = time.monotonic() + timeout
             while _alive(pid_file) and time.monotonic() < deadline:
                 time.sleep(0.1)

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import multiprocessing
 import multiprocessing.context
 import os
 import runpy
+import shutil
 import sys
 import tempfile
 import warnings
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 from prefect.flows import load_flow_from_flow_run
+from prefect.logging import get_logger
 from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
 from prefect.runner._process_manager import ProcessHandle, create_isolated_termination_scope
 from prefect.settings import get_current_settings
@@ -224,32 +225,59 @@ class WarmProcessWorker(ProcessWorker):
         if not self.warm_start_applies(configuration):
             return await super().run(flow_run, configuration, task_status)
         task_status = task_status or anyio.TASK_STATUS_IGNORED
-        working_dir = (tempfile.TemporaryDirectory(suffix="prefect")
-                       if not configuration.working_dir
-                       else contextlib.nullcontext(configuration.working_dir))
+        # the run's working directory outlives a worker that stops while the run goes on
+        cwd = configuration.working_dir or Path(tempfile.mkdtemp(suffix="prefect"))
         execution: FlowRunExecutionResult | None = None
-        with working_dir as cwd:
-            async with FlowRunExecutorContext() as ctx:
-                starter = WarmStarter(cwd=Path(cwd).resolve(), env=configuration.env,
-                                      control_channel=ctx.control_channel)
-                executor = ctx.create_executor(flow_run, starter,
-                                               resolve_flow=load_flow_from_flow_run,
-                                               propose_submitting=False)
+        async with FlowRunExecutorContext() as ctx:
+            starter = WarmStarter(cwd=Path(cwd).resolve(), env=configuration.env,
+                                  control_channel=ctx.control_channel)
+            executor = ctx.create_executor(flow_run, starter,
+                                           resolve_flow=load_flow_from_flow_run,
+                                           propose_submitting=False)
 
-                async def execute(*, task_status: anyio.abc.TaskStatus[ProcessHandle]
-                                  = anyio.TASK_STATUS_IGNORED) -> None:
-                    nonlocal execution
-                    execution = await executor.submit(task_status=task_status)
+            async def execute(*, task_status: anyio.abc.TaskStatus[ProcessHandle]
+                              = anyio.TASK_STATUS_IGNORED) -> None:
+                nonlocal execution
+                execution = await executor.submit(task_status=task_status)
 
+            try:
                 async with anyio.create_task_group() as group:
                     handle = await group.start(execute)
                     if handle.pid is None:
                         raise RuntimeError("Flow run process has no PID")
                     task_status.started(handle.pid)
+            except anyio.get_cancelled_exc_class():
+                # The worker is stopping (an upgrade, a restart): the run goes on and records
+                # its own end, instead of being killed half-way by Prefect's process manager.
+                with anyio.CancelScope(shield=True):
+                    await detach(ctx, flow_run)
+                raise
+        if not configuration.working_dir:
+            shutil.rmtree(cwd, ignore_errors=True)
         if execution is None or execution.status_code is None:
             raise RuntimeError("Failed to start flow run process.")
         return ProcessWorkerResult(status_code=execution.status_code,
                                    identifier=str(execution.handle.pid))
+
+
+async def detach(ctx: FlowRunExecutorContext, flow_run: FlowRun) -> None:
+    """Leave a run's process running when its worker stops.
+
+    Prefect's process worker (3.9) kills every run it started when it stops: its process
+    manager sends SIGTERM on exit, the engine then records the run Crashed ("Execution was
+    cancelled by the runtime environment") while the flow body (a thread) goes on, so a run
+    that deployed the app ends recorded as failed. A deploy is worth finishing: the run's
+    process is forgotten by the process manager (nothing is signalled) and by multiprocessing
+    (whose exit handler would otherwise wait for it), and finishes on its own; Stop still
+    reaches it through deploy-runs' own control (controls.py)."""
+    handle = ctx.process_manager.get(flow_run.id)
+    await ctx.process_manager.remove(flow_run.id)
+    for child in multiprocessing.active_children():
+        if handle is not None and child.pid == handle.pid:
+            multiprocessing.process._children.discard(child)  # type: ignore[attr-defined]
+    get_logger("deploy_runs.worker").info(
+        "The worker is stopping; flow run %s goes on without it (PID %s).", flow_run.id,
+        handle.pid if handle is not None else "?")
 
 
 async def serve(pool: str, name: str | None = None, limit: int | None = None,

@@ -13,12 +13,16 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 
 from deploy_runs.concurrency import (
     HELD,
+    LEASE_LABEL,
+    ORPHAN_GRACE_SECONDS,
     SLOT_LABEL,
     LeaseKeeper,
     LeaseLost,
+    Orphans,
     SlotRefused,
     Waiting,
     busy_message,
+    ended_holders,
 )
 from deploy_runs.controls import CONTROL_LABEL, STOP
 
@@ -156,3 +160,35 @@ def test_a_lease_the_server_no_longer_has_is_said_once_and_not_renewed_again():
     assert len(renewals.at) == 1
     assert said == ["The lease on the application's slot is gone (the server answered 410); "
                     "another run of the application may start before this one ends."]
+
+
+def test_a_slot_counted_with_no_active_holder_is_an_orphan_after_the_grace_only():
+    orphans = Orphans()
+    waiting_run = run(1)
+    assert orphans.look([waiting_run], now=100.0) is False  # first seen: not yet
+    assert orphans.look([waiting_run], now=100.0 + ORPHAN_GRACE_SECONDS - 0.1) is False
+    assert orphans.look([waiting_run], now=100.0 + ORPHAN_GRACE_SECONDS) is True
+
+
+def test_a_holder_seen_on_any_look_starts_the_grace_again():
+    orphans = Orphans(grace=10)
+    assert orphans.look([run(1)], now=0.0) is False
+    # a run that had just taken the slot labels itself its holder: not an orphan
+    assert orphans.look([run(0, held=True), run(1)], now=9.0) is False
+    assert orphans.look([run(1)], now=12.0) is False  # counted again from here
+    assert orphans.look([run(1)], now=21.9) is False
+    assert orphans.look([run(1)], now=22.0) is True
+    orphans.reset()
+    assert orphans.look([run(1)], now=23.0) is False
+
+
+def test_ended_runs_still_labelled_holders_give_the_lease_they_held():
+    lease = uuid4()
+    holder = run(0, StateType.FAILED, held=True)
+    holder.labels[LEASE_LABEL] = str(lease)
+    released = run(1, StateType.COMPLETED)
+    released.labels.update({SLOT_LABEL: "released", LEASE_LABEL: str(uuid4())})
+    unknown = run(2, StateType.CRASHED, held=True)  # held, lease not recorded (older runs)
+    garbled = run(3, StateType.COMPLETED, held=True)
+    garbled.labels[LEASE_LABEL] = "not-a-uuid"
+    assert ended_holders([holder, released, unknown, garbled]) == [(holder, lease)]

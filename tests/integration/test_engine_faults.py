@@ -1,0 +1,174 @@
+"""The engine's own faults end in known states: the Prefect server stopped or killed during a
+build, the worker stopped during a run, a slot counted while nobody holds it. Each runs against
+a Prefect server and worker of its own (on SQLite), restarted by the test, deploying to the
+real sandbox.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from deploy_runs import DeployRuns, RunStatus, StepStatus, sandbox
+from deploy_runs.api import write_labels
+from deploy_runs.concurrency import HELD, LEASE_LABEL, SLOT_LABEL, limit_name
+from deploy_runs.prefect_local import healthy, start_server, start_worker, stop
+from deploy_runs.sandbox_blocks import save_server_blocks
+
+from .conftest import free_port, wait_for
+
+pytestmark = pytest.mark.timeout(600)
+
+OUTAGE_SECONDS = 10  # how long the engine part is away (the issue: 10-30 s)
+TICKS = 160  # the build prints a line every 0.25 s: 40 s, outlasting the outage and restart
+FREED = "slot held by no active run; freed"
+
+
+@dataclass
+class Engine:
+    url: str
+    port: int
+    state: Path  # PID files and logs of this server and its worker
+
+    def restart_server(self, sig: signal.Signals) -> float:
+        """Stop the server with `sig`, keep it away OUTAGE_SECONDS, start it again; the time
+        it answered again (time.monotonic())."""
+        assert stop(self.state, only=("server",), sig=sig) == ["server"]
+        assert not healthy(self.url, timeout=0.5)
+        time.sleep(OUTAGE_SECONDS)  # the outage itself, not a wait for something
+        start_server(self.port, self.state)
+        return time.monotonic()
+
+
+@pytest.fixture(scope="module")
+def engine(sandbox_info: sandbox.SandboxInfo, tmp_path_factory) -> Iterator[Engine]:
+    state: Path = tmp_path_factory.mktemp("engine")
+    port = free_port()
+    try:
+        url = start_server(port, state)
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            save_server_blocks(sandbox_info)
+            start_worker(url, state)
+            yield Engine(url, port, state)
+    finally:
+        stop(state)
+
+
+def ticking_build(ticks: int, marker: str) -> dict[str, str]:
+    """The hello image, whose build prints `tick-1`..`tick-N`, one every 0.25 s."""
+    return {"Dockerfile": (
+        "FROM busybox:latest\n"
+        f"RUN echo {marker} && for i in $(seq 1 {ticks}); do echo tick-$i; sleep 0.25; done\n"
+        "COPY site/ /www/\n"
+        'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')}
+
+
+def ticks_logged(client: DeployRuns, run_id) -> list[int]:
+    return [int(line.text.removeprefix("tick-")) for line in client.logs(run_id)
+            if line.text.startswith("tick-") and line.text[5:].isdigit()]
+
+
+def building(client: DeployRuns, run_id, ticks: int = 3) -> bool:
+    run = client.get_run(run_id)
+    return (run.step("Build images").status is StepStatus.RUNNING
+            and len(ticks_logged(client, run_id)) >= ticks)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_server_away_during_a_build_loses_no_line_and_leaks_no_slot(engine, make_app, sig):
+    client = DeployRuns()
+    app = make_app("hello", files=ticking_build(TICKS, uuid4().hex))
+    run = client.deploy(app.name)
+    wait_for(lambda: building(client, run.id), 120, "the build to be printing")
+
+    back = engine.restart_server(sig)
+    done = client.wait(run.id, timeout=240)
+    assert done.status is RunStatus.COMPLETED, (done.message, done.error)
+    build = done.step("Build images")
+    assert build.status is StepStatus.COMPLETED
+    # the outage really was inside the build: it ended after the server was back
+    assert build.ended_at is not None
+    assert build.ended_at.timestamp() > time.time() - (time.monotonic() - back), \
+        "the build ended before the server came back: make TICKS larger"
+    assert ticks_logged(client, run.id) == list(range(1, TICKS + 1))  # none lost or doubled
+
+    # the next deploy of the app takes the slot at once: nothing held it after the outage
+    app.push({"Dockerfile": ticking_build(1, uuid4().hex)["Dockerfile"]}, "quick build")
+    again = client.wait(client.deploy(app.name).id, timeout=180)
+    assert again.status is RunStatus.COMPLETED, again.error
+    texts = [line.text for line in client.logs(again.id)]
+    assert not [t for t in texts if "Waiting for" in t or FREED in t], texts[:20]
+    with get_client(sync_client=True) as prefect:
+        assert prefect.read_global_concurrency_limit_by_name(
+            limit_name(app.name)).active_slots == 0
+
+
+def test_a_worker_stopped_during_a_run_lets_the_run_finish_and_record_what_happened(
+        engine, make_app):
+    client = DeployRuns()
+    app = make_app("hello", files=ticking_build(40, uuid4().hex))
+    run = client.deploy(app.name)
+    wait_for(lambda: building(client, run.id), 120, "the build to be printing")
+
+    assert stop(engine.state, only=("worker",)) == ["worker"]  # SIGTERM, as an upgrade does
+    start_worker(engine.url, engine.state)
+
+    done = client.wait(run.id, timeout=240)
+    assert done.status is RunStatus.COMPLETED, (done.message, done.error)
+    assert all(s.status in (StepStatus.COMPLETED, StepStatus.SKIPPED) for s in done.steps), \
+        [(s.name, s.status) for s in done.steps]
+    assert ticks_logged(client, run.id) == list(range(1, 41))
+    # and the app's next run is picked up by the new worker
+    again = client.wait(client.deploy(app.name).id, timeout=180)
+    assert again.status is RunStatus.COMPLETED, again.error
+
+
+def test_a_slot_counted_with_no_holder_is_freed_by_the_next_run(engine, make_app):
+    """A slot counted while no run holds it (what a server that lost its leases leaves) is
+    freed by the run waiting for it, ORPHAN_GRACE_SECONDS after it first saw it so."""
+    client = DeployRuns()
+    app = make_app("hello")
+    first = client.wait(client.deploy(app.name).id, timeout=180)
+    assert first.status is RunStatus.COMPLETED, first.error
+    with get_client(sync_client=True) as prefect:
+        # the slot counted taken, with no lease (as after a restart of a server whose leases
+        # were in memory)
+        prefect.request("POST", "/v2/concurrency_limits/increment", json={
+            "names": [limit_name(app.name)], "slots": 1, "mode": "concurrency"})
+        assert prefect.read_global_concurrency_limit_by_name(
+            limit_name(app.name)).active_slots == 1
+    began = time.monotonic()
+    again = client.wait(client.deploy(app.name).id, timeout=180)
+    assert again.status is RunStatus.COMPLETED, again.error
+    freed = [line for line in client.logs(again.id) if FREED in line.text]
+    assert len(freed) == 1, freed
+    print(f"orphan slot freed and the run completed in {time.monotonic() - began:.1f}s")
+
+
+def test_a_slot_still_held_by_an_ended_run_is_freed_at_once(engine, make_app):
+    """A run that ended still labelled the holder, its lease alive (its release never reached
+    the server): the next run releases that lease at once."""
+    client = DeployRuns()
+    app = make_app("hello")
+    first = client.wait(client.deploy(app.name).id, timeout=180)
+    assert first.status is RunStatus.COMPLETED, first.error
+    with get_client(sync_client=True) as prefect:
+        taken = prefect.request("POST", "/v2/concurrency_limits/increment-with-lease", json={
+            "names": [limit_name(app.name)], "slots": 1, "mode": "concurrency",
+            "lease_duration": 600, "holder": ConcurrencyLeaseHolder(
+                type="flow_run", id=first.id).model_dump(mode="json")}).json()
+        write_labels(prefect, first.id, {SLOT_LABEL: HELD, LEASE_LABEL: taken["lease_id"]})
+    again = client.wait(client.deploy(app.name).id, timeout=60)
+    assert again.status is RunStatus.COMPLETED, again.error
+    freed = [line.text for line in client.logs(again.id) if FREED in line.text]
+    assert len(freed) == 1 and str(first.id) in freed[0], freed
+    assert client.get_run(first.id).status is RunStatus.COMPLETED  # its record untouched
