@@ -219,6 +219,14 @@ class Application(Block):
             "active run."
         ),
     )
+    require_worker_seconds: float | None = Field(
+        None, gt=0,
+        description=(
+            "Refuse a deploy at once (NoWorker) when no worker has asked the application's "
+            "work pool for runs for this many seconds. Unset: the run waits, Started and "
+            "saying that no worker serves the pool, until a worker comes."
+        ),
+    )
     config_key: SecretStr | None = Field(
         None,
         description=(

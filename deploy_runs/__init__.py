@@ -20,6 +20,7 @@ _EXPORTS = {
     "DeployRunsError": "deploy_runs.errors",
     "HostKeyError": "deploy_runs.errors",
     "InvalidControl": "deploy_runs.errors",
+    "NoWorker": "deploy_runs.errors",
     "RunNotFound": "deploy_runs.errors",
     "WaitTimeout": "deploy_runs.errors",
     "LogLine": "deploy_runs.logs",

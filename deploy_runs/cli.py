@@ -26,6 +26,7 @@ from deploy_runs.models import Run
 from deploy_runs.safetext import safe_terminal
 from deploy_runs.status import RunStatus
 from deploy_runs.view import (
+    progress_lines,
     render_comparison,
     render_failures,
     render_log_line,
@@ -82,7 +83,10 @@ def _print_json(value: Run | list[Run]) -> None:
 
 
 def follow(run: Run, poll_interval: float = 0.3, tail_lines: int = 8) -> Run:
-    """Show the run's steps updating live until it ends, with the current step's latest lines."""
+    """Show the run's steps updating live until it ends, with the current step's latest lines;
+    without a terminal (CI logs, pipes), a plain line for each change as it happens."""
+    if not console.is_terminal:
+        return follow_plain(run, poll_interval)
     client = _client()
     tail: deque[LogLine] = deque(maxlen=tail_lines)
 
@@ -104,6 +108,22 @@ def follow(run: Run, poll_interval: float = 0.3, tail_lines: int = 8) -> Run:
             run = client.get_run(run.id)
             live.update(render_run(run, list(tail)))
         live.update(render_run(run))
+    return run
+
+
+def follow_plain(run: Run, poll_interval: float = 0.3) -> Run:
+    """Plain lines as the run goes (view.progress_lines), then the run as `show` prints it."""
+    client = _client()
+    seen: dict[str, object] = {}
+    while True:
+        for line in progress_lines(seen, run):
+            console.print(Text(line), highlight=False, soft_wrap=True)
+        console.file.flush()
+        if run.status.is_final:
+            break
+        time.sleep(poll_interval)
+        run = client.get_run(run.id)
+    console.print(render_run(run))
     return run
 
 

@@ -36,11 +36,19 @@ from deploy_runs import history
 from deploy_runs.api import arequest, awrite_labels
 from deploy_runs.concurrency import ACTIVE_SORT, active_filter, busy_message
 from deploy_runs.controls import CONTROL_LABEL, PAUSE, STOP, requested
-from deploy_runs.errors import AppBusy, AppNotFound, ConfigError, InvalidControl, RunNotFound, WaitTimeout
+from deploy_runs.errors import (
+    AppBusy,
+    AppNotFound,
+    ConfigError,
+    InvalidControl,
+    NoWorker,
+    RunNotFound,
+    WaitTimeout,
+)
 from deploy_runs.logs import LogLine, alogs, logs_sync
 from deploy_runs.models import Failure, LogMatch, RecurringFailure, Run, RunComparison, RunStats
 from deploy_runs.record import FAILURE_KEY, RUN_TAG, app_tag, trigger_tag
-from deploy_runs.runs import DEPLOY_FLOW, run_from_prefect
+from deploy_runs.runs import DEPLOY_FLOW, NO_WORKER_SECONDS, overdue, run_from_prefect, waiting_reason
 from deploy_runs.status import RunStatus
 
 T = TypeVar("T")
@@ -94,7 +102,15 @@ class AsyncDeployRuns:
                 raise AppNotFound(
                     f"no application {app!r}: add it with `deploy-runs apps add SPEC.yaml`"
                 ) from None
-            if await _policy(client, app) == "reject":
+            settings = await _app_settings(client, app)
+            if settings.get("require_worker_seconds"):
+                reason = await _pool_reason(client, deployment.work_pool_name,
+                                            deployment.work_queue_name,
+                                            stale=float(settings["require_worker_seconds"]))
+                if reason:
+                    raise NoWorker(f"{app}: {reason} (require_worker_seconds: "
+                                   f"{float(settings['require_worker_seconds']):g})")
+            if (settings.get("concurrency") or "queue") == "reject":
                 active = await client.read_flow_runs(
                     flow_run_filter=active_filter(app), sort=ACTIVE_SORT, limit=50)
                 if active:
@@ -308,18 +324,45 @@ class AsyncDeployRuns:
         failures = await asyncio.gather(*(
             _read_failure(client, f.id) if f.state and f.state.is_failed() else _none()
             for f in flow_runs))
-        return [run_from_prefect(flow_run, by_flow_run.get(flow_run.id, []), failure)
+        runs = [run_from_prefect(flow_run, by_flow_run.get(flow_run.id, []), failure)
                 for flow_run, failure in zip(flow_runs, failures, strict=True)]
+        # a run no worker has taken says why (once per pool and queue)
+        now = datetime.now(UTC)
+        reasons: dict[tuple[str | None, str | None], str | None] = {}
+        for flow_run, run in zip(flow_runs, runs, strict=True):
+            if overdue(flow_run, now):
+                key = (flow_run.work_pool_name, flow_run.work_queue_name)
+                if key not in reasons:
+                    reasons[key] = await _pool_reason(client, *key)
+                run.waiting_reason = reasons[key]
+        return runs
 
 
-async def _policy(client: PrefectClient, app: str) -> str:
-    """The application's concurrency policy (read without its secrets)."""
+async def _app_settings(client: PrefectClient, app: str) -> dict[str, Any]:
+    """The application's block fields (read without its secrets)."""
     try:
         document = await client.read_block_document_by_name(
             app, Application.get_block_type_slug(), include_secrets=False)
     except ObjectNotFound:
-        return "queue"
-    return str(document.data.get("concurrency") or "queue")
+        return {}
+    return dict(document.data)
+
+
+async def _pool_reason(client: PrefectClient, pool: str | None, queue: str | None,
+                       stale: float = NO_WORKER_SECONDS) -> str | None:
+    """Why runs of a work pool (queue) are not taken, from the pool's facts: paused, or no
+    worker asked it for runs within `stale` seconds (runs.waiting_reason). None when a worker
+    did, or when the pool cannot be read."""
+    if not pool:
+        return None
+    try:
+        work_pool = await client.read_work_pool(pool)
+        queues = await client.read_work_queues(work_pool_name=pool)
+    except (ObjectNotFound, PrefectHTTPStatusError):
+        return None
+    polled = [q.last_polled for q in queues if q.last_polled and (not queue or q.name == queue)]
+    return waiting_reason(pool, max(polled) if polled else None, datetime.now(UTC),
+                          paused=bool(work_pool.is_paused), stale=stale)
 
 
 async def _none() -> None:

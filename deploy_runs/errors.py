@@ -25,6 +25,11 @@ class AppBusy(DeployRunsError):
     """A deploy refused because the application already has an active run (policy `reject`)."""
 
 
+class NoWorker(DeployRunsError):
+    """A deploy refused because no worker serves the application's work pool (the app's
+    `require_worker_seconds`)."""
+
+
 class RunNotFound(DeployRunsError, LookupError):
     pass
 

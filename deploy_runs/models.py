@@ -98,6 +98,10 @@ class Run(BaseModel):
     error: Failure | None = None
     services: list[ServiceRelease] = Field(
         default_factory=list, description="Per service: rebuilt or reused, replaced or kept.")
+    waiting_reason: str | None = Field(
+        None, description="Why a Started run has not begun, when deploy-runs can tell: no "
+                          "worker serves its work pool (since when one last asked for runs, "
+                          "and how to start one), or the pool is paused.")
 
     # False while Prefect has not yet recorded the final state of a step that ran (task-run
     # states are written asynchronously, so they can trail the flow run's final state).

@@ -4,6 +4,7 @@ in the product's vocabulary (every planned step listed, in order, Pending ones t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 
@@ -83,3 +84,44 @@ def run_from_prefect(flow_run: FlowRun, task_runs: Sequence[TaskRun],
                            for t in by_step.values()) and (
         status is not RunStatus.COMPLETED or all(name in by_step for name in PLANNED_STEPS))
     return run
+
+
+# A run still Scheduled this long after it was due has not been taken by a worker: say why
+# (a worker of deploy-runs asks for runs 4 times a second; Prefect's default is every 10 s).
+OVERDUE_SECONDS = 3.0
+# A work queue no worker asked for runs for this long has no worker serving it.
+NO_WORKER_SECONDS = 15.0
+
+
+def overdue(flow_run: FlowRun, now: datetime) -> bool:
+    """Whether a run is still waiting for a worker OVERDUE_SECONDS after it was due (pure)."""
+    state = flow_run.state
+    due = flow_run.expected_start_time or flow_run.created
+    return bool(state and state.type is StateType.SCHEDULED and flow_run.work_pool_name
+                and due and (now - due).total_seconds() > OVERDUE_SECONDS)
+
+
+def waiting_reason(pool: str, last_polled: datetime | None, now: datetime,
+                   paused: bool = False, stale: float = NO_WORKER_SECONDS) -> str | None:
+    """Why an overdue run waits, from its work pool's facts (pure): None when a worker asked
+    for runs within `stale` seconds (the run is about to start, or the pool's workers are all
+    busy)."""
+    start = (f"Start one: `deploy-runs worker --pool {pool}` (the local stack: "
+             "`deploy-runs prefect up`).")
+    if paused:
+        return f"Work pool {pool!r} is paused: resume it with `prefect work-pool resume {pool}`."
+    if last_polled is None:
+        return f"No worker serves work pool {pool!r}: none has asked it for runs yet. {start}"
+    ago = (now - last_polled).total_seconds()
+    if ago <= stale:
+        return None
+    return (f"No worker serves work pool {pool!r}: one last asked for runs at "
+            f"{last_polled.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC ({_ago(ago)} ago). {start}")
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -19,6 +19,7 @@ Prefect deployment. A bad spec is refused before anything is saved, naming the f
     timeouts: {build: 900, run: 1800}  # optional, seconds (defaults in blocks.Timeouts)
     log_limit_mb: 100                # optional: most output stored per step; past it, counted
     concurrency: queue               # queue (default) | replace | reject: one active run per app
+    require_worker_seconds: 60       # optional: refuse a deploy when no worker asked for runs lately
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class AppSpec(BaseModel):
     log_limit_mb: float = Field(100, gt=0, le=100_000,
                                 description="Most command output stored per step, in MB.")
     concurrency: ConcurrencyPolicy = "queue"
+    require_worker_seconds: float | None = Field(
+        None, gt=0, description="Refuse a deploy at once when no worker has asked the app's "
+                                "work pool for runs for this many seconds.")
 
 
     @model_validator(mode="after")
@@ -140,7 +144,8 @@ def to_application(spec: AppSpec, server: SSHServer,
             services=[Service.model_validate(s.model_dump(exclude={"secret_env"}))
                       for s in spec.services],
             secret_env=secrets, timeouts=spec.timeouts, log_limit_mb=spec.log_limit_mb,
-            concurrency=spec.concurrency, more_servers=spec.server_names[1:],
+            concurrency=spec.concurrency,
+            require_worker_seconds=spec.require_worker_seconds, more_servers=spec.server_names[1:],
         )
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from None

@@ -34,7 +34,10 @@ def summary_markdown(run: Run) -> str:
                      + (f" {_cell(run.commit_message)}" if run.commit_message else ""))
     if run.duration is not None:
         facts.append(f"**Duration** {_seconds(run.duration)}")
-    out += ["  \n".join(facts), "", "| | Step | Status | Time | Note |", "|---|---|---|---|---|"]
+    out += ["  \n".join(facts), ""]
+    if run.waiting_reason and not run.status.is_final:
+        out += [f"> ⏳ {_cell(run.waiting_reason)}", ""]
+    out += ["| | Step | Status | Time | Note |", "|---|---|---|---|---|"]
     for step in run.steps:
         mark = _EMOJI[STEP_INDICATORS[step.status].colour]
         name = _cell(step.name)

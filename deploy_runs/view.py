@@ -85,7 +85,10 @@ def render_run(run: Run, tail: list[LogLine] | None = None) -> RenderableType:
         table.add_row(_mark(indicator), _text(step.name, style),
                       Text(str(step.status), style=style), _seconds(step.duration),
                       _text(step.message, "red3" if failed else "grey58"))
-    parts: list[RenderableType] = [head, table]
+    parts: list[RenderableType] = [head]
+    if run.waiting_reason and not run.status.is_final:
+        parts.append(_text(f"⏳ {run.waiting_reason}", "yellow3"))
+    parts.append(table)
     if run.services:
         services = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
         for column in ("service", "image", "build", "container"):
@@ -266,3 +269,29 @@ def render_matches(matches: list[LogMatch]) -> RenderableType:
         table.add_row(m.time.strftime("%Y-%m-%d %H:%M:%S"), _text(m.run_name or str(m.run_id)),
                       _text(m.step), _text(m.line, width=300))
     return table
+
+
+def progress_lines(seen: dict[str, object], run: Run) -> list[str]:
+    """Plain lines for what changed in `run` since `seen` (updated in place): the run's status,
+    why it waits, each step's start and end. For output that is not a terminal (CI logs,
+    pipes), where the live view cannot redraw."""
+    out: list[str] = []
+    if seen.get("status") != run.status:
+        seen["status"] = run.status
+        commit = f" commit {run.commit[:12]}" if run.commit else ""
+        out.append(f"run {run.id} ({_safe(run.name)}) of {_safe(run.app)}: {run.status}{commit}")
+    if run.waiting_reason != seen.get("waiting") and not run.status.is_final:
+        seen["waiting"] = run.waiting_reason
+        if run.waiting_reason:
+            out.append(f"  waiting: {_safe(run.waiting_reason)}")
+    for step in run.steps:
+        if seen.get(step.name) == step.status:
+            continue
+        seen[step.name] = step.status
+        if step.status is StepStatus.PENDING:
+            continue
+        took = f" in {_seconds(step.duration)}" if step.duration is not None else ""
+        note = f": {_safe(step.message, 300)}" if step.message else ""
+        ended = step.status is not StepStatus.RUNNING
+        out.append(f"  {step.name}: {step.status}{took if ended else ''}{note}")
+    return out

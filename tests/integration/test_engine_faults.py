@@ -6,7 +6,10 @@ real sandbox.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deploy_runs import DeployRuns, RunStatus, StepStatus, sandbox
+from deploy_runs import DeployRuns, NoWorker, RunStatus, StepStatus, sandbox
 from deploy_runs.api import write_labels
 from deploy_runs.concurrency import HELD, LEASE_LABEL, SLOT_LABEL, limit_name
 from deploy_runs.prefect_local import healthy, start_server, start_worker, stop
@@ -172,3 +175,59 @@ def test_a_slot_still_held_by_an_ended_run_is_freed_at_once(engine, make_app):
     freed = [line.text for line in client.logs(again.id) if FREED in line.text]
     assert len(freed) == 1 and str(first.id) in freed[0], freed
     assert client.get_run(first.id).status is RunStatus.COMPLETED  # its record untouched
+
+
+def test_no_worker_is_said_while_the_run_waits_and_a_deploy_can_refuse_at_once(engine, make_app):
+    client = DeployRuns()
+    app = make_app("hello")
+    assert stop(engine.state, only=("worker",)) == ["worker"]
+    # `deploy-runs deploy` without a terminal: plain lines as the run goes
+    env = {**os.environ, "PREFECT_API_URL": engine.url, "COLUMNS": "200"}
+    cli = subprocess.Popen([sys.executable, "-m", "deploy_runs.cli", "deploy", app.name],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines: list[str] = []
+
+        def said(text: str) -> bool:
+            line = cli.stdout.readline()
+            lines.append(line)
+            return text in line
+        wait_for(lambda: said("Started"), 60, "the CLI to say the run started")
+        run_id = lines[-1].split()[1]
+        run = wait_for(lambda: (lambda r: r if r.waiting_reason else None)(
+            client.get_run(run_id)), 60, "the run to say why it waits")
+        assert "No worker serves work pool 'deploy-runs'" in run.waiting_reason
+        assert "deploy-runs worker --pool deploy-runs" in run.waiting_reason
+        assert run.status is RunStatus.STARTED
+        wait_for(lambda: said("waiting: No worker serves work pool 'deploy-runs'"), 30,
+                 "the CLI to say no worker serves the pool")
+        shown = subprocess.run([sys.executable, "-m", "deploy_runs.cli", "show", run_id],
+                               capture_output=True, text=True, env=env, timeout=60)
+        assert "No worker serves work pool 'deploy-runs'" in shown.stdout, shown.stdout
+
+        # a worker comes: the run starts and ends; the CLI said each step as it went
+        start_worker(engine.url, engine.state)
+        out, _ = cli.communicate(timeout=180)
+        lines += out.splitlines()
+        assert cli.returncode == 0, "".join(lines)
+        assert any(line.strip() == "Build images: Running" for line in lines), lines
+        assert any(line.strip().startswith("Health check: Completed in") for line in lines)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+
+    # an app that asks for a worker within 5 s is refused at once while none serves its pool
+    strict = make_app("hello", spec_changes={"require_worker_seconds": 5})
+    assert stop(engine.state, only=("worker",)) == ["worker"]
+    try:
+        def refused() -> str | None:
+            try:
+                client.deploy(strict.name)
+            except NoWorker as exc:
+                return str(exc)
+            return None  # a worker asked for runs less than 5 s ago: accepted, and it waits
+        message = wait_for(refused, 30, "a deploy to be refused")
+        assert "No worker serves work pool 'deploy-runs'" in message
+        assert "require_worker_seconds: 5" in message
+    finally:
+        start_worker(engine.url, engine.state)
