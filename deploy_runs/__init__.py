@@ -12,6 +12,7 @@ from typing import Any
 _EXPORTS = {
     "AsyncDeployRuns": "deploy_runs.client",
     "DeployRuns": "deploy_runs.client",
+    "APIUnavailable": "deploy_runs.errors",
     "AppBusy": "deploy_runs.errors",
     "AppNotFound": "deploy_runs.errors",
     "CommandFailed": "deploy_runs.errors",

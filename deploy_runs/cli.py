@@ -15,8 +15,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import httpx
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
@@ -60,13 +61,37 @@ def friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except DeployRunsError as exc:
+        except (DeployRunsError, httpx.TransportError) as exc:
+            exc = _api_unavailable(exc) or exc
             # its text may hold a server's or a repository's words: shown as text, never markup
             err.print(Text.assemble(("error: ", "red"), safe_terminal(str(exc), keep_newlines=True)),
                       highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _api_unavailable(exc: BaseException) -> DeployRunsError | None:
+    from deploy_runs.client import api_unavailable
+
+    return api_unavailable(exc)
+
+
+def _look(client: Any, run: Run, away: dict[str, float]) -> tuple[Run, str | None]:
+    """The run read again; while the API does not answer (a server restarting), the run as
+    last read and a note, for FOLLOW_OUTAGE seconds, then the error."""
+    from deploy_runs.errors import APIUnavailable
+    from deploy_runs.logs import FOLLOW_OUTAGE
+
+    try:
+        fresh = client.get_run(run.id)
+    except APIUnavailable as exc:
+        since = away.setdefault("since", time.monotonic())
+        if time.monotonic() - since > FOLLOW_OUTAGE:
+            raise
+        return run, f"{exc} Still trying; the run goes on without it."
+    away.pop("since", None)
+    return fresh, None
 
 
 def _client():
@@ -102,11 +127,13 @@ def follow(run: Run, poll_interval: float = 0.3, tail_lines: int = 8) -> Run:
     reader = threading.Thread(target=contextvars.copy_context().run, args=(read_logs,),
                               daemon=True)
     reader.start()
+    away: dict[str, float] = {}
     with Live(render_run(run), console=console, refresh_per_second=8) as live:
         while not run.status.is_final:
             time.sleep(poll_interval)
-            run = client.get_run(run.id)
-            live.update(render_run(run, list(tail)))
+            run, note = _look(client, run, away)
+            view = render_run(run, list(tail))
+            live.update(Group(view, Text(note, style="yellow3")) if note else view)
         live.update(render_run(run))
     return run
 
@@ -115,6 +142,8 @@ def follow_plain(run: Run, poll_interval: float = 0.3) -> Run:
     """Plain lines as the run goes (view.progress_lines), then the run as `show` prints it."""
     client = _client()
     seen: dict[str, object] = {}
+    away: dict[str, float] = {}
+    said = None
     while True:
         for line in progress_lines(seen, run):
             console.print(Text(line), highlight=False, soft_wrap=True)
@@ -122,7 +151,10 @@ def follow_plain(run: Run, poll_interval: float = 0.3) -> Run:
         if run.status.is_final:
             break
         time.sleep(poll_interval)
-        run = client.get_run(run.id)
+        run, note = _look(client, run, away)
+        if note and not said:
+            console.print(Text(f"  {note}"), highlight=False, soft_wrap=True)
+        said = note
     console.print(render_run(run))
     return run
 

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
+import httpx
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import DeploymentFlowRunCreate
 from prefect.client.schemas.filters import (
@@ -28,6 +31,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelled, Scheduled, to_state_create
 from prefect.utilities.asyncutils import run_coro_as_sync
 
@@ -37,6 +41,7 @@ from deploy_runs.api import arequest, awrite_labels
 from deploy_runs.concurrency import ACTIVE_SORT, active_filter, busy_message
 from deploy_runs.controls import CONTROL_LABEL, PAUSE, STOP, requested
 from deploy_runs.errors import (
+    APIUnavailable,
     AppBusy,
     AppNotFound,
     ConfigError,
@@ -451,6 +456,59 @@ class DeployRuns:
                 return bool(state and state.is_final())
 
             yield from logs_sync(client, run.id, step, follow, ended)
+
+
+def api_unavailable(exc: BaseException) -> APIUnavailable | None:
+    """The error to raise for `exc` when it says the Prefect API does not answer."""
+    if isinstance(exc, APIUnavailable):
+        return exc
+    if isinstance(exc, httpx.TransportError):
+        return APIUnavailable(PREFECT_API_URL.value(), exc)
+    return None
+
+
+def _said_plainly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` (a public method of the Python API) raising APIUnavailable, which names the API's
+    URL, when the Prefect API does not answer, instead of httpx's error."""
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def agen(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in fn(*args, **kwargs):
+                    yield item
+            except httpx.TransportError as exc:
+                raise api_unavailable(exc) from exc
+        return agen
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def coro(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except httpx.TransportError as exc:
+                raise api_unavailable(exc) from exc
+        return coro
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from fn(*args, **kwargs)
+            except httpx.TransportError as exc:
+                raise api_unavailable(exc) from exc
+        return gen
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except httpx.TransportError as exc:
+            raise api_unavailable(exc) from exc
+    return call
+
+
+for _api in (AsyncDeployRuns, DeployRuns):
+    for _name, _fn in list(vars(_api).items()):
+        if not _name.startswith("_") and inspect.isfunction(_fn):
+            setattr(_api, _name, _said_plainly(_fn))
 
 
 __all__ = ["AsyncDeployRuns", "DeployRuns", "RunStatus"]

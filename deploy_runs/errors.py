@@ -30,6 +30,19 @@ class NoWorker(DeployRunsError):
     `require_worker_seconds`)."""
 
 
+class APIUnavailable(DeployRunsError, ConnectionError):
+    """The Prefect API does not answer (its server stopped, restarting, unreachable)."""
+
+    def __init__(self, url: str | None, cause: BaseException) -> None:
+        self.url = url
+        where = f"at {url} " if url else "(no PREFECT_API_URL is set) "
+        detail = str(cause) or type(cause).__name__
+        super().__init__(
+            f"the Prefect API {where}does not answer ({type(cause).__name__}: {detail}). Is its "
+            "server running? `deploy-runs prefect up` starts the local one; PREFECT_API_URL "
+            "chooses another.")
+
+
 class RunNotFound(DeployRunsError, LookupError):
     pass
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 from prefect.client.schemas.filters import (
     LogFilter,
@@ -35,6 +36,10 @@ PAGE_SIZES = (1000, 200)  # a server's limit may be lower than ours: fall back t
 FOLLOW_POLL = 0.05
 RUN_CHECK = 0.5  # seconds between checks whether a followed run has ended
 SETTLE = 1.0  # seconds a follower keeps reading after the run ended
+# A follower whose API stops answering (its server restarting) asks again every FOLLOW_RETRY
+# seconds, for FOLLOW_OUTAGE seconds in all, and resumes where it was.
+FOLLOW_RETRY = 1.0
+FOLLOW_OUTAGE = 300.0
 _STREAM_BY_LOGGER = {COMMAND_LOGGER: "command", **{v: k for k, v in STREAM_LOGGERS.items()}}
 
 
@@ -147,6 +152,7 @@ class _Follow:
         self.ended_at: float | None = None
         self._checked = 0.0
         self._ended = False
+        self._away_since: float | None = None
 
     def check_run(self) -> bool:
         """Whether to ask the API if the run has ended (every RUN_CHECK s: a poll of the logs
@@ -156,6 +162,18 @@ class _Follow:
             return False
         self._checked = now
         return True
+
+    def api_away(self, exc: BaseException) -> float:
+        """The API did not answer: the seconds to wait before asking again while following
+        (FOLLOW_OUTAGE seconds in all), else raise `exc` (not following, or for too long)."""
+        now = time.monotonic()
+        self._away_since = self._away_since or now
+        if not self.follow or now - self._away_since > FOLLOW_OUTAGE:
+            raise exc
+        return FOLLOW_RETRY
+
+    def api_back(self) -> None:
+        self._away_since = None
 
     def done(self, ended: bool, got_new: bool) -> bool:
         if not self.follow:
@@ -183,18 +201,26 @@ async def alogs(client: PrefectClient, run_id: UUID, step: str | None = None,
     assembler = LogAssembler(await _step_names(client, run_id), step)
     pager, until = _Pager(), _Follow(follow)
     while True:
-        ended = await run_ended() if follow and run_ended and until.check_run() else \
-            not follow
+        try:
+            ended = await run_ended() if follow and run_ended and until.check_run() else \
+                not follow
+        except httpx.TransportError as exc:
+            await asyncio.sleep(until.api_away(exc))
+            continue
         got_new = False
         while True:
             try:
                 page = await client.read_logs(log_filter=assembler.log_filter(run_id),
                                               limit=pager.size, sort=LogSort.TIMESTAMP_ASC)
+                if assembler.needs_step_names(page):
+                    assembler.step_names = await _step_names(client, run_id)
             except PrefectHTTPStatusError as exc:
                 pager.smaller(exc)
                 continue
-            if assembler.needs_step_names(page):
-                assembler.step_names = await _step_names(client, run_id)
+            except httpx.TransportError as exc:  # following: resume where it was
+                await asyncio.sleep(until.api_away(exc))
+                continue
+            until.api_back()
             before = assembler.delivered
             for line in assembler.feed(page):
                 yield line
@@ -219,17 +245,25 @@ def logs_sync(client: SyncPrefectClient, run_id: UUID, step: str | None = None,
     assembler = LogAssembler(names(), step)
     pager, until = _Pager(), _Follow(follow)
     while True:
-        ended = run_ended() if follow and run_ended and until.check_run() else not follow
+        try:
+            ended = run_ended() if follow and run_ended and until.check_run() else not follow
+        except httpx.TransportError as exc:
+            time.sleep(until.api_away(exc))
+            continue
         got_new = False
         while True:
             try:
                 page = client.read_logs(log_filter=assembler.log_filter(run_id),
                                         limit=pager.size, sort=LogSort.TIMESTAMP_ASC)
+                if assembler.needs_step_names(page):
+                    assembler.step_names = names()
             except PrefectHTTPStatusError as exc:
                 pager.smaller(exc)
                 continue
-            if assembler.needs_step_names(page):
-                assembler.step_names = names()
+            except httpx.TransportError as exc:  # following: resume where it was
+                time.sleep(until.api_away(exc))
+                continue
+            until.api_back()
             before = assembler.delivered
             yield from assembler.feed(page)
             new = assembler.delivered - before

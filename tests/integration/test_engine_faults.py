@@ -6,12 +6,15 @@ real sandbox.
 
 from __future__ import annotations
 
+import contextvars
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
@@ -21,7 +24,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deploy_runs import DeployRuns, NoWorker, RunStatus, StepStatus, sandbox
+from deploy_runs import APIUnavailable, DeployRuns, NoWorker, RunStatus, StepStatus, sandbox
 from deploy_runs.api import write_labels
 from deploy_runs.concurrency import HELD, LEASE_LABEL, SLOT_LABEL, limit_name
 from deploy_runs.prefect_local import healthy, start_server, start_worker, stop
@@ -42,12 +45,16 @@ class Engine:
     port: int
     state: Path  # PID files and logs of this server and its worker
 
-    def restart_server(self, sig: signal.Signals) -> float:
-        """Stop the server with `sig`, keep it away OUTAGE_SECONDS, start it again; the time
-        it answered again (time.monotonic())."""
+    def restart_server(self, sig: signal.Signals,
+                       meanwhile: Callable[[], None] = lambda: None) -> float:
+        """Stop the server with `sig`, call `meanwhile`, keep it away OUTAGE_SECONDS in all,
+        start it again; the time it answered again (time.monotonic())."""
         assert stop(self.state, only=("server",), sig=sig) == ["server"]
+        away = time.monotonic()
         assert not healthy(self.url, timeout=0.5)
-        time.sleep(OUTAGE_SECONDS)  # the outage itself, not a wait for something
+        meanwhile()
+        # the outage itself, not a wait for something
+        time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - away)))
         start_server(self.port, self.state)
         return time.monotonic()
 
@@ -92,8 +99,27 @@ def test_a_server_away_during_a_build_loses_no_line_and_leaks_no_slot(engine, ma
     app = make_app("hello", files=ticking_build(TICKS, uuid4().hex))
     run = client.deploy(app.name)
     wait_for(lambda: building(client, run.id), 120, "the build to be printing")
+    # a follower of the run's log, attached before the outage, resumes where it was
+    followed: list[str] = []
+    follower = threading.Thread(target=contextvars.copy_context().run, args=(
+        lambda: followed.extend(line.text for line in client.logs(run.id, follow=True)),))
+    follower.start()
+    wait_for(lambda: followed, 60, "the follower to read the log")
 
-    back = engine.restart_server(sig)
+    def while_away() -> None:
+        # the Python API and the CLI fail fast, naming the API's URL
+        began = time.monotonic()
+        with pytest.raises(APIUnavailable, match=re.escape(f"Prefect API at {engine.url} "
+                                                           "does not answer")):
+            client.get_run(run.id)
+        print(f"get_run failed {time.monotonic() - began:.1f}s after it was called")
+        shown = subprocess.run([sys.executable, "-m", "deploy_runs.cli", "show", str(run.id)],
+                               capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "PREFECT_API_URL": engine.url})
+        assert shown.returncode == 2, shown.stdout + shown.stderr
+        assert "does not answer" in shown.stderr and "Traceback" not in shown.stderr
+
+    back = engine.restart_server(sig, while_away)
     done = client.wait(run.id, timeout=240)
     assert done.status is RunStatus.COMPLETED, (done.message, done.error)
     build = done.step("Build images")
@@ -103,6 +129,9 @@ def test_a_server_away_during_a_build_loses_no_line_and_leaks_no_slot(engine, ma
     assert build.ended_at.timestamp() > time.time() - (time.monotonic() - back), \
         "the build ended before the server came back: make TICKS larger"
     assert ticks_logged(client, run.id) == list(range(1, TICKS + 1))  # none lost or doubled
+    follower.join(timeout=60)
+    assert not follower.is_alive(), "the follower did not end with the run"
+    assert [int(t[5:]) for t in followed if t.startswith("tick-")] == list(range(1, TICKS + 1))
 
     # the next deploy of the app takes the slot at once: nothing held it after the outage
     app.push({"Dockerfile": ticking_build(1, uuid4().hex)["Dockerfile"]}, "quick build")
