@@ -12,10 +12,12 @@ from .processes import SandboxError, daemon_env, run
 log = logging.getLogger("deploy_runs.sandbox")
 
 # chromium and fonts (text, and the emoji of run summaries): tests/integration/test_ui.py
-# opens the Prefect UI in headless Chromium; postgresql: the several-workers layout
-# (Prefect's server on PostgreSQL, deploy_runs.prefect_local.start_postgres)
+# opens the Prefect UI in headless Chromium; postgresql and redis-server: the several-workers
+# layout (Prefect's server on PostgreSQL with its concurrency leases in Redis,
+# deploy_runs.prefect_local.start_postgres and start_redis)
 PACKAGES = ("docker.io", "busybox-static", "openssh-server", "iproute2", "curl", "git",
-            "chromium", "fonts-dejavu-core", "fonts-noto-color-emoji", "postgresql")
+            "chromium", "fonts-dejavu-core", "fonts-noto-color-emoji", "postgresql",
+            "redis-server")
 PROGRAMS = ("ssh-keygen", "ip", "nsenter", "setsid", "git", "dockerd", "docker", "useradd", "sshd")
 
 

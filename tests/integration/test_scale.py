@@ -1,13 +1,16 @@
-"""Beyond one machine, in CI's budget: a Prefect server on PostgreSQL, two process workers and
-three network-namespace hosts; 20 deploys of 10 apps submitted at once. Every run ends
-Completed, no two runs of one app overlap, every app serves its new version, and every line
-the servers printed is in the runs' logs. (`bench/scale.py` does the same with bigger
-numbers and times it.)"""
+"""Beyond one machine, in CI's budget: a Prefect server on PostgreSQL with its concurrency
+leases in Redis, two process workers and three network-namespace hosts; 20 deploys of 10 apps
+submitted at once. Every run ends Completed, no two runs of one app overlap, every app serves
+its new version, and every line the servers printed is in the runs' logs. (`bench/scale.py`
+does the same with bigger numbers and times it.) PostgreSQL and Redis restarted during a run
+are the layout's engine faults (test_engine_faults.py has the others)."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import signal
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,11 +19,19 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deploy_runs import AsyncDeployRuns, RunStatus, sandbox
-from deploy_runs.prefect_local import drop_postgres, start_postgres, start_server, start_worker, stop
+from deploy_runs import AsyncDeployRuns, DeployRuns, RunStatus, sandbox
+from deploy_runs.prefect_local import (
+    drop_postgres,
+    start_postgres,
+    start_redis,
+    start_server,
+    start_worker,
+    stop,
+)
 from deploy_runs.sandbox_blocks import block_name, server_block
 
-from .conftest import free_port, http_get
+from .conftest import free_port, http_get, wait_for
+from .test_engine_faults import FREED, OUTAGE_SECONDS, TICKS, building, ticking_build, ticks_logged
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -31,7 +42,11 @@ WORKERS = ("worker-a", "worker-b")
 @dataclass
 class Cluster:
     url: str
-    state: Path  # PID files and logs of PostgreSQL, the server and the workers
+    state: Path  # PID files and logs of PostgreSQL, Redis, the server and the workers
+    postgres_port: int
+    redis_port: int
+
+
 APPS = 10
 LINES = 300
 PRINTED = re.compile(r"^printed-(\d+)$")
@@ -47,18 +62,21 @@ def dockerfile(lines: int) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(prefect_api, tmp_path_factory) -> Iterator[Cluster]:
-    """Its own Prefect server on PostgreSQL with two workers; server blocks for 3 hosts."""
+    """Its own Prefect server on PostgreSQL, leases in Redis, with two workers; server blocks
+    for 3 hosts."""
     state: Path = tmp_path_factory.mktemp("cluster")
+    postgres_port, redis_port = free_port(), free_port()
     try:
         url = start_server(free_port(), state,
-                           database_url=start_postgres(state, free_port()))
+                           database_url=start_postgres(state, postgres_port),
+                           redis_url=start_redis(state, redis_port))
         with temporary_settings(updates={PREFECT_API_URL: url}):
             for name in WORKERS:
                 start_worker(url, state, name=name)
             for name in HOSTS:
                 host = sandbox.add_host(name)
                 server_block(host).save(block_name(host), overwrite=True)
-            yield Cluster(url, state)
+            yield Cluster(url, state, postgres_port, redis_port)
     finally:
         stop(state)
         drop_postgres(state)
@@ -119,3 +137,36 @@ def test_twenty_deploys_of_ten_apps_on_three_hosts_two_workers_postgresql(cluste
             counts[by[0]] += 1
     print(f"runs per worker: {counts}")
     assert all(counts.values()), counts
+
+
+@pytest.mark.parametrize("part", ["postgres", "redis"])
+def test_the_database_or_redis_restarted_during_a_run(cluster, make_app, part):
+    """PostgreSQL (fast shutdown) or Redis stopped for a few seconds during a build and
+    started again: the run completes with every line once, the app's slot is given back (its
+    lease was kept in Redis), and the next deploy takes it at once."""
+    client = DeployRuns()
+    app = make_app("hello", files=ticking_build(TICKS, uuid.uuid4().hex),
+                   server=f"sandbox-{HOSTS[0]}")
+    run = client.deploy(app.name)
+    wait_for(lambda: building(client, run.id), 120, "the build to be printing")
+    # PostgreSQL's fast shutdown (SIGINT) ends its sessions, as a restart of the service does
+    assert stop(cluster.state, only=(part,), sig=signal.SIGINT) == [part]
+    time.sleep(OUTAGE_SECONDS)  # the outage itself
+    if part == "postgres":
+        start_postgres(cluster.state, int(cluster.postgres_port))
+    else:
+        start_redis(cluster.state, int(cluster.redis_port))
+    back = time.monotonic()
+    done = client.wait(run.id, timeout=300)
+    assert done.status is RunStatus.COMPLETED, (done.message, done.error)
+    build = done.step("Build images")
+    assert build.ended_at is not None and \
+        build.ended_at.timestamp() > time.time() - (time.monotonic() - back), \
+        "the build ended before the outage ended: make TICKS larger"
+    assert ticks_logged(client, run.id) == list(range(1, TICKS + 1))
+
+    app.push({"Dockerfile": ticking_build(1, uuid.uuid4().hex)["Dockerfile"]}, "quick build")
+    again = client.wait(client.deploy(app.name).id, timeout=240)
+    assert again.status is RunStatus.COMPLETED, again.error
+    texts = [line.text for line in client.logs(again.id)]
+    assert not [t for t in texts if "Waiting for" in t or FREED in t], texts[:20]

@@ -179,3 +179,49 @@ def test_lifespan_and_websockets_pass_through():
     for kind in ("lifespan", "websocket"):
         call(RetryWhenBusy(app), scope_type=kind)
     assert seen == ["lifespan", "websocket"]
+
+
+# A database that does not answer (deploy_runs.server.AnswerDatabaseAway) -------------------
+
+def raising_after(status: int | None, error: Exception):
+    """An app that (like Starlette's ServerErrorMiddleware) answers `status`, then raises."""
+    async def app(scope, receive, send):
+        if status is not None:
+            for message in answer(status, b"Internal Server Error"):
+                await send(message)
+        raise error
+    return app
+
+
+@pytest.mark.parametrize("error", [ConnectionRefusedError(111, "Connection refused"),
+                                   TimeoutError("connect timed out")])
+def test_a_database_that_does_not_answer_is_answered_503_try_again(error):
+    from deploy_runs.server import AnswerDatabaseAway, database_away_is_retryable
+
+    database_away_is_retryable()
+    sent, _ = call(AnswerDatabaseAway(raising_after(500, error)))
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [503]
+    assert json.loads(b"".join(m.get("body", b"") for m in sent)) == BUSY_BODY
+    # the same before any answer was made
+    sent, _ = call(AnswerDatabaseAway(raising_after(None, error)))
+    assert sent[0]["status"] == 503
+
+
+def test_other_errors_keep_their_500_and_are_raised():
+    from deploy_runs.server import AnswerDatabaseAway
+
+    with pytest.raises(ZeroDivisionError):
+        call(AnswerDatabaseAway(raising_after(500, ZeroDivisionError())))
+    sent: list[dict] = []
+    with pytest.raises(ValueError):
+        call(AnswerDatabaseAway(raising_after(500, ValueError("bad"))), sent=sent)
+    assert sent[0]["status"] == 500 and sent[1]["body"] == b"Internal Server Error"
+
+
+def test_an_answer_already_sent_is_not_changed():
+    from deploy_runs.server import AnswerDatabaseAway
+
+    sent: list[dict] = []
+    with pytest.raises(ConnectionRefusedError):
+        call(AnswerDatabaseAway(raising_after(200, ConnectionRefusedError())), sent=sent)
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [200]
