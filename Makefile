@@ -36,7 +36,7 @@ unit:
 	$(PY) -m pytest tests/unit
 
 bench: install
-	cd bench && ../$(PY) deploy.py && ../$(PY) controls.py && ../$(PY) logs.py && ../$(PY) redeploy.py && ../$(PY) scale.py && ../$(PY) abuse.py
+	cd bench && ../$(PY) deploy.py && ../$(PY) controls.py && ../$(PY) logs.py && ../$(PY) redeploy.py && ../$(PY) scale.py && ../$(PY) abuse.py && ../$(PY) faults.py
 
 # Stop the local Prefect server/worker and the sandbox started by `make demo`.
 clean-local:

@@ -35,6 +35,8 @@ class Bench:
     tmp: Path
     info: object
     made: list[str] = field(default_factory=list)
+    state: Path | None = None  # PID files and logs of the bench's Prefect server and worker
+    port: int = 0  # its server's port
 
     def app(self, kind: str, files: dict[str, str] | None = None, example: str = "hello",
             interval: float = 0.05) -> tuple[str, int]:
@@ -75,9 +77,9 @@ def bench_environment() -> Iterator[Bench]:
     tmp = Path(tempfile.mkdtemp(prefix="deploy-runs-bench-"))
     state = tmp / "prefect"
     state.mkdir()
-    bench = Bench(tmp, info)
+    bench = Bench(tmp, info, state=state, port=free_port())
     try:
-        url = start_server(free_port(), state=state)
+        url = start_server(bench.port, state=state)
         os.environ["PREFECT_API_URL"] = url
         with temporary_settings(updates={PREFECT_API_URL: url}):
             save_server_blocks(info)
