@@ -18,7 +18,7 @@ Also ``python -m deploy_runs.sandbox up|down|status|add-host NAME|install``.
 """
 
 from .layout import sandbox_dir
-from .lifecycle import add_host, down, status, stop_engine, up
+from .lifecycle import add_host, down, freeze_engine, status, stop_engine, up
 from .models import SandboxHost, SandboxInfo
 from .packages import install
 from .processes import SandboxError
@@ -29,6 +29,7 @@ __all__ = [
     "SandboxInfo",
     "add_host",
     "down",
+    "freeze_engine",
     "install",
     "sandbox_dir",
     "status",

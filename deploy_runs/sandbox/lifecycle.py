@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from .layout import Layout, State, locked
 from .models import SandboxHost, SandboxInfo
 from .netns import NetnsHost
 from .packages import check_programs, install
-from .processes import Pending, stop_all, wait_all
+from .processes import Pending, _descendants, cmdline, running_pid, stop_all, wait_all
 
 log = logging.getLogger("deploy_runs.sandbox")
 
@@ -80,6 +82,25 @@ def stop_engine(name: str) -> None:
         sock = Path(socket_path(host.docker_host))
         if sock.is_socket() and not engine_answers(host.docker_host, timeout=0.5):
             sock.unlink(missing_ok=True)
+
+
+def freeze_engine(name: str, frozen: bool = True) -> None:
+    """Stop (SIGSTOP) the Docker engine of namespace host ``name`` without ending it, or let
+    it go on (``frozen=False``): a server whose engine hangs, so that every docker command
+    waits for ever."""
+    lay = Layout.current()
+    state = State.load(lay)
+    host = next((h for h in state.active() if h.name == name), None)
+    if host is None:
+        raise ValueError(f"no active namespace host {name!r}")
+    target = ns_engine_target(HostSpec.namespaced(lay, host))
+    pid = running_pid(target.pidfile, target.marker)
+    if pid is None:
+        raise ValueError(f"the engine of {name!r} is not running")
+    engines = [p for p in [pid, *(child for child, _ in _descendants(pid))]
+               if Path(cmdline(p)[0] if cmdline(p) else "").name == "dockerd"]
+    for engine in engines:
+        os.kill(engine, signal.SIGSTOP if frozen else signal.SIGCONT)
 
 
 def down() -> None:

@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import time
 import urllib.request
@@ -217,9 +219,8 @@ def make_app(sandbox_info, server_blocks, worker, docker_client, tmp_path_factor
         engine.close()
 
 
-def server_processes(marker: str) -> list[str]:
-    """Command lines of processes on the sandbox server (this machine) that contain `marker`."""
-    found = []
+def _marked(marker: str) -> dict[int, str]:
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -228,8 +229,31 @@ def server_processes(marker: str) -> list[str]:
         except OSError:
             continue
         if marker in cmdline and "pytest" not in cmdline:
-            found.append(cmdline.strip())
+            found[int(proc.name)] = cmdline.strip()
     return found
+
+
+def server_processes(marker: str) -> list[str]:
+    """Command lines of processes on the sandbox server (this machine) that contain `marker`."""
+    return list(_marked(marker).values())
+
+
+@contextlib.contextmanager
+def held(marker: str, timeout: float = 90) -> Iterator[list[int]]:
+    """Hold the command carrying `marker` on the sandbox's servers (their processes run on
+    this machine) for the block: stopped with SIGSTOP, it cannot end, so neither can its step,
+    until the block ends (SIGCONT). A control that must land while a step runs waits on this
+    state instead of on a build lasting long enough."""
+    pids = list(wait_for(lambda: _marked(marker), timeout, f"a command with {marker} to run"))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def slow_build_files(seconds: int, marker: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from deploy_runs import InvalidControl, RunNotFound, RunStatus, StepStatus
 from deploy_runs.controls import CONTROL_LABEL, Checkpoint
 from deploy_runs.status import STOPPED_STEP_MESSAGE
 
-from .conftest import http_get, server_processes, slow_build_files, wait_for
+from .conftest import held, http_get, server_processes, slow_build_files, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -76,13 +76,12 @@ def start(request, client):
 def test_pause_waits_after_the_running_step_and_resume_continues_from_the_next(
         client, make_app, start):
     mark = marker()
-    app = make_app("hello", files=slow_build_files(3, mark))
+    app = make_app("hello", files=slow_build_files(1, mark))
     run_id, _ = start(app)
-    wait_for(lambda: server_processes(mark), 90, "the slow build command on the server")
-
-    paused = client.pause(run_id)
-    assert paused.status is RunStatus.IN_PROGRESS, "the running step finishes first"
-    assert client.pause(run_id).status is RunStatus.IN_PROGRESS, "pausing twice = once"
+    with held(mark):  # the build cannot end before the pause is requested
+        paused = client.pause(run_id)
+        assert paused.status is RunStatus.IN_PROGRESS, "the running step finishes first"
+        assert client.pause(run_id).status is RunStatus.IN_PROGRESS, "pausing twice = once"
 
     wait_status(client, run_id, RunStatus.PAUSED)
     # Prefect records task-run states asynchronously: the step's may trail the run's a little.
@@ -115,11 +114,10 @@ def test_prefect_suspend_then_resume_does_not_run_finished_steps_again(client, m
     """The Prefect UI's Pause button suspends a deployment run: the flow process exits and
     Prefect starts the flow from the top on Resume."""
     mark = marker()
-    app = make_app("hello", files=slow_build_files(3, mark))
+    app = make_app("hello", files=slow_build_files(1, mark))
     run = client.deploy(app.name)
-    wait_for(lambda: server_processes(mark), 90, "the slow build command on the server")
-
-    suspend_flow_run(flow_run_id=run.id, timeout=300)
+    with held(mark):  # suspended while the build runs
+        suspend_flow_run(flow_run_id=run.id, timeout=300)
     run = wait_status(client, run.id, RunStatus.PAUSED)
     wait_step(client, run.id, "Build images", StepStatus.COMPLETED)
     assert client.get_run(run.id).step("Start application").status is StepStatus.PENDING
@@ -214,11 +212,11 @@ def test_prefect_cancel_is_stop_and_reaches_the_remote_command(client, make_app,
 
 def test_stop_a_paused_run(client, make_app, start):
     mark = marker()
-    app = make_app("hello", files=slow_build_files(3, mark))
+    app = make_app("hello", files=slow_build_files(1, mark))
     run_id, _ = start(app)
     # the request lands while a step runs (a whole deploy of hello can end within a second)
-    wait_for(lambda: server_processes(mark), 90, "the slow build command on the server")
-    client.pause(run_id)
+    with held(mark):
+        client.pause(run_id)
     wait_status(client, run_id, RunStatus.PAUSED)
     client.stop(run_id)
     run = client.wait(run_id, timeout=15)  # waits for the steps' states to settle too
@@ -229,10 +227,10 @@ def test_stop_a_paused_run(client, make_app, start):
 
 def test_stop_a_suspended_run(client, make_app):
     mark = marker()
-    app = make_app("hello", files=slow_build_files(2, mark))
+    app = make_app("hello", files=slow_build_files(1, mark))
     run = client.deploy(app.name)
-    wait_for(lambda: server_processes(mark), 90, "the slow build command on the server")
-    suspend_flow_run(flow_run_id=run.id, timeout=300)
+    with held(mark):  # suspended while the build runs
+        suspend_flow_run(flow_run_id=run.id, timeout=300)
     wait_status(client, run.id, RunStatus.PAUSED)
     wait_step(client, run.id, "Build images", StepStatus.COMPLETED)
     client.stop(run.id)
@@ -285,3 +283,103 @@ def test_cli_controls_exit_non_zero_with_the_reason(client, make_app):
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2
         assert "cannot" in done.stderr and str(run.id) in done.stderr
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deploy_runs.cli", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def under_a_terminal(argv: list[str]) -> tuple[subprocess.Popen, list[bytes]]:
+    """Start `argv` with a pseudo-terminal as its stdin/stdout/stderr; what it draws is
+    collected in the returned list as it comes."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "50"}
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
+                            close_fds=True)
+    os.close(slave)
+    drawn: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            drawn.append(chunk)
+        os.close(master)
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, drawn
+
+
+def test_the_cli_pauses_shows_resumes_follows_and_stops_live_runs(client, make_app):
+    import json
+    import re
+
+    mark = marker()
+    app = make_app("hello", files=slow_build_files(1, mark))
+    # `deploy` under a terminal: the live step view
+    deploy, drawn = under_a_terminal([sys.executable, "-m", "deploy_runs.cli", "deploy", app.name])
+    run = wait_for(lambda: next(iter(client.runs(app=app.name)), None), 60, "the run to exist")
+    with held(mark):  # the build cannot end before the pause is requested
+        # `logs -f` from the start, until the run ends
+        follower = subprocess.Popen([sys.executable, "-m", "deploy_runs.cli", "logs", "-f",
+                                     str(run.id)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        paused = cli("pause", str(run.id))
+        assert paused.returncode == 0, paused.stderr
+    wait_status(client, run.id, RunStatus.PAUSED)  # once the running build has ended
+    shown = cli("show", str(run.id), "--json")
+    assert shown.returncode == 0, shown.stderr
+    as_json = json.loads(shown.stdout)
+    assert as_json["id"] == str(run.id) and as_json["status"] == "Paused"
+    assert {s["name"]: s["status"] for s in as_json["steps"]}["Build images"] == "Completed"
+    assert {s["name"]: s["status"] for s in as_json["steps"]}["Start application"] == "Pending"
+
+    resumed = cli("resume", str(run.id))
+    assert resumed.returncode == 0, resumed.stderr
+    done = client.wait(run.id, timeout=120)
+    assert done.status is RunStatus.COMPLETED, done.error
+    assert deploy.wait(timeout=60) == 0  # the CLI's exit code: 0 only when the run completed
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(drawn).decode(errors="replace"))
+    for seen in ("Provision server", "Build images", "Health check", "Paused", "Completed",
+                 f"$ docker build --tag deploy-runs/{app.name}-web:"):
+        assert seen in screen, (seen, screen[-3000:])
+
+    out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 0, err
+    assert "── Build images ──" in out and mark in out
+    assert out.index("── Build images ──") < out.index("── Health check ──")
+
+    # `stop` on a live run: the remote command goes, the run ends Stopped
+    mark = marker()
+    app.push(slow_build_files(120, mark), "a long build")
+    run = client.deploy(app.name)
+    wait_for(lambda: server_processes(mark), 90, "the long build command on the server")
+    stopped = cli("stop", str(run.id))
+    assert stopped.returncode == 0, stopped.stderr
+    assert wait_status(client, run.id, RunStatus.STOPPED, timeout=30)
+    wait_for(lambda: not server_processes(mark), 15, "the build command to be killed")
+
+
+def test_paused_time_does_not_count_toward_the_run_time_limit(client, make_app):
+    import time
+
+    mark = marker()
+    app = make_app("hello", files=slow_build_files(1, mark),
+                   spec_changes={"timeouts": {"run": 15}})
+    run = client.deploy(app.name)
+    with held(mark):  # paused while the build runs
+        client.pause(run.id)
+    wait_status(client, run.id, RunStatus.PAUSED)
+    time.sleep(16)  # the scenario: paused longer than the run's whole time limit
+    client.resume(run.id)
+    done = client.wait(run.id, timeout=120)
+    assert done.status is RunStatus.COMPLETED, (done.message, done.error)
+    assert done.duration > 15, done.duration  # longer than the limit, counting the pause

@@ -6,6 +6,7 @@ real sandbox.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import re
@@ -24,7 +25,15 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deploy_runs import APIUnavailable, DeployRuns, NoWorker, RunStatus, StepStatus, sandbox
+from deploy_runs import (
+    APIUnavailable,
+    DeployRuns,
+    NoWorker,
+    RunStatus,
+    StepStatus,
+    WaitTimeout,
+    sandbox,
+)
 from deploy_runs.api import write_labels
 from deploy_runs.concurrency import HELD, LEASE_LABEL, SLOT_LABEL, limit_name
 from deploy_runs.prefect_local import healthy, start_server, start_worker, stop
@@ -93,6 +102,31 @@ def building(client: DeployRuns, run_id, ticks: int = 3) -> bool:
             and len(ticks_logged(client, run_id)) >= ticks)
 
 
+def test_apps_add_installs_the_crash_automation(engine, tmp_path):
+    """The automation that ends runs whose process died (deploy_runs/heartbeat.py) comes with
+    `deploy-runs apps add`, on a server that does not have it yet."""
+    from prefect.automations import Automation
+
+    from deploy_runs.heartbeat import AUTOMATION_NAME, WITHIN_SECONDS
+
+    with contextlib.suppress(ValueError):
+        Automation.read(name=AUTOMATION_NAME).delete()
+    with pytest.raises(ValueError):
+        Automation.read(name=AUTOMATION_NAME)
+    spec = tmp_path / "app.yaml"
+    spec.write_text(f"name: t-auto-{uuid4().hex[:6]}\nrepository: git://127.0.0.1:9418/x.git\n"
+                    "server: sandbox-local\nservices:\n  - {name: web, container_port: 8080, "
+                    "host_port: 18123}\n")
+    added = subprocess.run([sys.executable, "-m", "deploy_runs.cli", "apps", "add", str(spec)],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PREFECT_API_URL": engine.url})
+    assert added.returncode == 0, added.stdout + added.stderr
+    automation = Automation.read(name=AUTOMATION_NAME)
+    assert automation.enabled
+    assert automation.trigger.within.total_seconds() == WITHIN_SECONDS
+    assert [a.type for a in automation.actions] == ["change-flow-run-state"]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 def test_a_server_away_during_a_build_loses_no_line_and_leaks_no_slot(engine, make_app, sig):
     client = DeployRuns()
@@ -150,6 +184,9 @@ def test_a_worker_stopped_during_a_run_lets_the_run_finish_and_record_what_happe
     app = make_app("hello", files=ticking_build(40, uuid4().hex))
     run = client.deploy(app.name)
     wait_for(lambda: building(client, run.id), 120, "the build to be printing")
+    # a wait shorter than the run raises WaitTimeout (the README's error tree), saying so
+    with pytest.raises(WaitTimeout, match=f"run {run.id} is still In Progress after 0.5s"):
+        client.wait(run.id, timeout=0.5)
 
     assert stop(engine.state, only=("worker",)) == ["worker"]  # SIGTERM, as an upgrade does
     start_worker(engine.url, engine.state)

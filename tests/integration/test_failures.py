@@ -34,7 +34,7 @@ from deploy_runs.models import Run, Suggestion
 from deploy_runs.sandbox_blocks import server_block
 from flows.deploy import run_in_process
 
-from .conftest import current_builder, free_port, server_processes
+from .conftest import current_builder, free_port, http_get, server_processes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -366,6 +366,58 @@ def test_a_run_past_its_run_timeout_is_stopped_and_fails_with_command_timeout(cl
     assert not server_processes(f"echo {marker}"), "the build command still runs on the server"
 
 
+def test_a_hung_docker_engine_is_killed_at_the_provision_limit(client, make_app):
+    """Every docker command on a server whose engine hangs (here: stopped with SIGSTOP) waits
+    for ever: only the step's limit (timeouts.provision) ends Provision server."""
+    host = sandbox.add_host("enginehung")
+    server_block(host).save("sandbox-enginehung", overwrite=True)
+    app = make_app("hello", server="sandbox-enginehung",
+                   spec_changes={"timeouts": {"provision": 4}})
+    sandbox.freeze_engine("enginehung")
+    try:
+        run = check_failed(deploy_here(client, app.name), "Provision server", "command-timeout",
+                           "provision-hung-engine")
+    finally:
+        sandbox.freeze_engine("enginehung", frozen=False)
+    assert "step timed out after 4s (timeouts.provision)" in run.error.message
+    assert run.step("Provision server").duration < 4 + 2, run.step("Provision server").duration
+
+
+def test_a_git_host_that_never_answers_is_killed_at_the_fetch_limit(client, make_app):
+    """The repository's host accepts the connection and says nothing: only the step's limit
+    (timeouts.fetch) ends Fetch source."""
+    port = free_port()
+    silent = listening(port, "127.0.0.1")
+    try:
+        app = make_app("hello", spec_changes={"timeouts": {"fetch": 3}})
+        app.application.repository = f"git://127.0.0.1:{port}/{app.name}.git"
+        app.application.save(app.name, overwrite=True)
+        run = check_failed(deploy_here(client, app.name), "Fetch source", "command-timeout",
+                           "fetch-silent-git-host")
+    finally:
+        silent.close()
+    assert "step timed out after 3s (timeouts.fetch)" in run.error.message
+    assert run.step("Fetch source").duration < 3 + 2, run.step("Fetch source").duration
+    assert not server_processes(f"127.0.0.1:{port}"), "git still runs on the server"
+
+
+def test_an_old_container_slow_to_stop_is_killed_at_the_start_limit(client, make_app):
+    """Replacing a container that ignores SIGTERM waits for Docker's stop timeout (10 s);
+    a start limit of 3 s ends Start application first."""
+    stubborn = ("FROM busybox:latest\nCOPY site/ /www/\n"
+                'CMD ["sh", "-c", "trap \'\' TERM; httpd -f -p 8080 -h /www & wait; '
+                'while true; do sleep 1; done"]\n')
+    app = make_app("hello", files={"Dockerfile": stubborn},
+                   spec_changes={"services": web(), "timeouts": {"start": 3}})
+    first = deploy_here(client, app.name)
+    assert first.status is RunStatus.COMPLETED, first.error
+    app.push({"site/index.html": "new version\n"}, "new version")
+    run = check_failed(deploy_here(client, app.name), "Start application", "command-timeout",
+                       "start-slow-stop")
+    assert "step timed out after 3s (timeouts.start)" in run.error.message
+    assert run.step("Start application").duration < 3 + 2, run.step("Start application").duration
+
+
 # --- starting and health ------------------------------------------------------------------
 
 def test_a_service_answering_a_byte_a_second_does_not_hold_the_health_step(client, make_app):
@@ -427,11 +479,20 @@ def test_port_taken_by_a_process_is_port_in_use_and_retry_starts_at_the_failed_s
                  "~~Health check~~", "`port-in-use`", "### Suggested fixes"):
         assert text in summary, summary
 
-    # The cause is gone: retry reuses the steps that completed with the same inputs.
-    started = client.retry(failed.id)
-    retried = client.wait(started.id, timeout=180)
+    # The cause is gone: retry reuses the steps that completed with the same inputs, at the
+    # failed run's commit though the branch has moved on since; from the CLI (no terminal:
+    # plain lines as the run goes)
+    app.push({"site/index.html": "the branch moved on\n"}, "the branch moved on")
+    done = subprocess.run([sys.executable, "-m", "deploy_runs.cli", "retry", str(failed.id)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    retried_id = re.search(r"^run ([0-9a-f-]{36}) \(", done.stdout, re.M).group(1)
+    assert "Start application: Completed in" in done.stdout, done.stdout
+    retried = client.get_run(retried_id)
     assert retried.status is RunStatus.COMPLETED, retried.error
-    assert retried.id != failed.id and retried.commit == failed.commit
+    assert retried.id != failed.id and retried.commit == failed.commit != app.commits[-1]
+    assert retried.trigger == "retry"
+    assert "the branch moved on" not in http_get(app.url())[1]
     for name in ("Provision server", "Fetch source", "Build images"):
         step = retried.step(name)
         assert step.status is StepStatus.SKIPPED, step

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -14,6 +15,7 @@ from deploy_runs.spec import load_server
 from deploy_runs.steps import PLANNED_STEPS
 
 from .conftest import http_get
+from .test_failures import summary_artifact
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -39,8 +41,16 @@ def test_deploy_through_the_api_completes_all_five_steps_and_serves_the_page(cli
     assert run.commit == app.commits[-1]
     assert run.commit_message == f"{app.name}: first commit"
     assert run.name == f"{app.name}-{app.commits[-1][:7]}"
+    assert run.trigger == "deploy"
     status, page = http_get(app.url())
     assert status == 200 and "Hello from deploy-runs" in page
+    # the run in the product's words, for the Prefect UI: a completed run's summary artifact
+    summary = summary_artifact(run.id)
+    assert summary.startswith(f"## 🟢 {app.name}: Completed"), summary[:200]
+    assert f"`{run.commit[:12]}`" in summary
+    for step in PLANNED_STEPS:
+        assert re.search(rf"\| 🟢 \| {step} \| Completed \| ", summary), (step, summary)
+    assert "failed" not in summary
 
     build = list(client.logs(run.id, step="Build images"))
     commands = [line.text for line in build if line.stream == "command"]
@@ -87,6 +97,7 @@ def test_deploy_through_prefect_deployment_run_and_a_worker(client, make_app, pr
     assert run.status is RunStatus.COMPLETED, run.error
     assert statuses(run) == [(name, StepStatus.COMPLETED) for name in PLANNED_STEPS]
     assert run.commit == app.commits[-1]
+    assert run.trigger == "prefect"  # started around deploy-runs: Prefect's CLI, UI, a schedule
     assert http_get(app.url())[0] == 200
     assert [r.id for r in client.runs(app=app.name)] == [run.id]
 
@@ -194,8 +205,42 @@ def test_a_run_read_the_moment_it_ended_shows_its_steps_as_they_ran(client, make
         state = run_in_process(app.name)
         run = client.get_run(state.state_details.flow_run_id)
         assert run.status is RunStatus.COMPLETED, run.error
+        assert run.trigger == "in-process"
         shown = {s.name: s.status for s in run.steps}
         # the first deploy provisions (Completed); later ones find it done (Skipped)
         provisioned = StepStatus.COMPLETED if attempt == 0 else StepStatus.SKIPPED
         assert shown == {**{n: StepStatus.COMPLETED for n in PLANNED_STEPS},
                          "Provision server": provisioned}, shown
+
+
+def test_a_run_on_prefect_s_stock_process_worker(client, make_app, prefect_api, tmp_path):
+    """`prefect worker start --type process` (no deploy-runs worker) runs deploy runs too."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments.runner import EntrypointType
+
+    from deploy_runs.heartbeat import HEARTBEAT_ENV
+    from deploy_runs.prefect_local import start_worker, stop
+    from deploy_runs.spec import ensure_work_pool
+    from flows.deploy import deploy_app
+
+    app = make_app("hello")
+    pool = f"stock-{uuid.uuid4().hex[:6]}"
+    ensure_work_pool(pool)
+    deployment_id = deploy_app.to_deployment(
+        name=f"{app.name}-stock", parameters={"app": app.name},
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        job_variables={"env": HEARTBEAT_ENV}).apply(work_pool_name=pool)
+    start_worker(prefect_api, tmp_path, name="stock", pool=pool, warm=False)
+    try:
+        with get_client(sync_client=True) as prefect:
+            flow_run = prefect.create_flow_run_from_deployment(
+                deployment_id, tags=["deploy-runs", f"app:{app.name}"])
+        run = client.wait(flow_run.id, timeout=180)
+    finally:
+        stop(tmp_path)
+    assert run.status is RunStatus.COMPLETED, run.error
+    assert statuses(run) == [(name, StepStatus.COMPLETED) for name in PLANNED_STEPS]
+    assert http_get(app.url())[0] == 200
+    worker_log = (tmp_path / "stock.log").read_text()
+    assert f"submitting flow run '{flow_run.id}'" in worker_log  # the stock worker ran it
+    assert "prefect.flow_runs.worker" in worker_log

@@ -169,6 +169,21 @@ def test_compare_a_real_completed_and_failed_shop_run(client, make_app):
     as_json = json.loads(cli("compare", str(good.id), str(bad.id), "--json"))
     assert as_json["run_b"]["id"] == str(bad.id)
 
+    # statistics and recurring failures over these two real runs (not seeded rows)
+    stats = client.stats(app.name)
+    assert (stats.runs, stats.completed, stats.failed, stats.stopped) == (2, 1, 1, 0)
+    assert stats.success_rate == 0.5
+    assert stats.durations == [pytest.approx(good.duration, abs=0.01)]
+    assert stats.median_duration == pytest.approx(good.duration, abs=0.01)
+    assert set(stats.step_medians) == {s.name for s in good.steps}
+    assert stats.step_medians["Build images"] == pytest.approx(
+        good.step("Build images").duration, abs=0.01)
+    (recurring,) = client.recurring_failures(app=app.name)
+    assert (recurring.kind, recurring.step, recurring.count) == (
+        "build-command-failed", "Build images", 1)
+    assert recurring.run_ids == [bad.id] and recurring.apps == [app.name]
+    assert recurring.signature == bad.error.signature
+
     # search the historical logs for the failing build's line
     matches = client.search_logs(f"deps {marker}", app=app.name)
     assert matches and all(m.run_id == bad.id for m in matches)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -174,19 +175,24 @@ def test_a_dropped_ssh_connection_fails_the_step_and_keeps_every_line_received(c
 
 def test_a_late_follower_gets_earlier_lines_then_live_ones_without_gap_or_duplicate(
         client, make_app):
+    # 60 ticks, 0.2 s apart: the late follower attaches at tick 5, 11 s before the last
     app = make_app("hello", files={"Dockerfile": (
         "FROM busybox:latest\n"
-        f"RUN echo {uuid.uuid4()}; for i in $(seq 1 60); do echo tick $i; sleep 0.05; done\n"
+        f"RUN echo {uuid.uuid4()}; for i in $(seq 1 60); do echo tick $i; sleep 0.2; done\n"
         "COPY site/ /www/\n"
         'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')})
     run = client.deploy(app.name)
     early = []
     follower = in_thread(lambda: early.extend(client.logs(run.id, follow=True)))
-    wait_for(lambda: any(line.text == "tick 20" for line in client.logs(run.id)), 120,
-             "tick 20 to be logged")
+    wait_for(lambda: any(line.text == "tick 5" for line in client.logs(run.id)), 120,
+             "tick 5 to be logged")
+    attached = datetime.now(UTC)
     late = list(client.logs(run.id, follow=True))  # starts mid-build, ends with the run
     follower.join(timeout=60)
     assert client.get_run(run.id).status is RunStatus.COMPLETED
+    # the run was still going when the late follower attached: it got lines printed after
+    after = [line.text for line in late if line.text.startswith("tick ") and line.time > attached]
+    assert after and after[-1] == "tick 60", (attached, after[-3:])
     ticks = [f"tick {i}" for i in range(1, 61)]
     for seen in (early, late):
         assert [line.text for line in seen if line.text.startswith("tick ")] == ticks

@@ -157,3 +157,86 @@ def test_a_moved_repository_is_fetched_from_at_the_next_deploy(client, make_app)
     assert run.status is RunStatus.COMPLETED, run.error
     assert run.commit == moved
     assert http_get(app.url())[1] == "<h1>moved</h1>\n"
+
+
+def test_the_old_container_serves_until_its_successor_and_is_put_back_if_it_cannot_start(
+        client, make_app, docker_client):
+    import threading
+    import time
+    import uuid
+
+    from .conftest import wait_for
+
+    app = make_app("hello", files={"site/index.html": "version 1\n"})
+    first = client.wait(client.deploy(app.name).id, timeout=180)
+    assert first.status is RunStatus.COMPLETED, first.error
+    (old,) = docker_client.containers.list(filters={"label": f"deploy-runs.app={app.name}"})
+
+    # a new version whose build takes a while: version 1 answers every request meanwhile
+    marker = uuid.uuid4().hex
+    app.push({"site/index.html": "version 2\n", "Dockerfile": (
+        "FROM busybox:latest\n"
+        f"RUN echo {marker} && sleep 4\n"
+        "COPY site/ /www/\n"
+        'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')}, "version 2, slow build")
+    answers: list[str] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            try:
+                answers.append(http_get(app.url(), timeout=2)[1])
+            except OSError as exc:
+                answers.append(f"error: {exc}")
+            time.sleep(0.05)
+
+    run = client.deploy(app.name)
+    wait_for(lambda: client.get_run(run.id).step("Build images").status is StepStatus.RUNNING,
+             60, "the build to run")
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        wait_for(lambda: client.get_run(run.id).step("Start application").status
+                 is not StepStatus.PENDING, 60, "Start application to begin")
+    finally:
+        done.set()
+        poller.join()
+    assert answers and set(answers) == {"version 1\n"}, answers[-5:]  # through the whole build
+    second = client.wait(run.id, timeout=120)
+    assert second.status is RunStatus.COMPLETED, second.error
+    assert http_get(app.url())[1] == "version 2\n"
+    (current,) = docker_client.containers.list(filters={"label": f"deploy-runs.app={app.name}"})
+    assert current.id != old.id
+
+    # a version whose container cannot start (a memory limit Docker refuses): the run fails
+    # at Start application and version 2 is put back and serves again
+    app.application.services[0].memory = "1k"
+    app.application.save(app.name, overwrite=True)
+    app.push({"site/index.html": "version 3\n"}, "version 3")
+    third = client.wait(client.deploy(app.name).id, timeout=120)
+    assert third.status is RunStatus.FAILED
+    assert third.error.step == "Start application"
+    assert "the previous container was put back and is running again" in third.error.message
+    assert http_get(app.url())[1] == "version 2\n"
+    (back,) = docker_client.containers.list(filters={"label": f"deploy-runs.app={app.name}"})
+    assert back.id == current.id and back.labels["deploy-runs.commit"] == second.commit
+
+
+def test_a_change_of_build_args_rebuilds(client, make_app):
+    app = make_app("hello", files={"Dockerfile": (
+        "FROM busybox:latest\nARG FLAVOUR=plain\nCOPY site/ /www/\n"
+        "RUN echo \"$FLAVOUR\" > /www/flavour.txt\n"
+        'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')})
+    first = client.wait(client.deploy(app.name).id, timeout=180)
+    assert first.status is RunStatus.COMPLETED, first.error
+    assert http_get(app.url() + "flavour.txt")[1] == "plain\n"
+    same = client.wait(client.redeploy(app.name).id, timeout=120)
+    assert {s.name: s.build for s in same.services} == {"web": "reused"}
+    app.application.services[0].build_args = {"FLAVOUR": "spicy"}
+    app.application.save(app.name, overwrite=True)
+    changed = client.wait(client.redeploy(app.name).id, timeout=180)
+    assert changed.status is RunStatus.COMPLETED, changed.error
+    (web,) = changed.services
+    assert web.build == "rebuilt", web
+    assert "build arguments changed" in web.build_reason, web.build_reason
+    assert http_get(app.url() + "flavour.txt")[1] == "spicy\n"

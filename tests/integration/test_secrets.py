@@ -3,6 +3,7 @@ label, flow-run input, the Prefect database, or the worker's output."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -34,16 +35,32 @@ def test_secret_env_values_reach_the_container_and_never_prefect(client, make_ap
     assert secret not in run.model_dump_json()
 
     api = httpx.Client(base_url=prefect_api, timeout=30)
+    this_run = {"flow_runs": {"id": {"any_": [str(run.id)]}}}
+
+    def records(path: str, body: dict) -> str:
+        """This run's records of one kind (the server may hold many runs): all of them, paged,
+        and at least one."""
+        rows: list = []
+        while True:
+            page = api.post(path, json={**body, "limit": 200, "offset": len(rows)})
+            page.raise_for_status()
+            rows += page.json()
+            if len(page.json()) < 200:
+                break
+        assert rows, f"no records of this run from {path}"
+        return json.dumps(rows)
+
     seen = [
         api.get(f"/flow_runs/{run.id}").text,
-        api.post("/task_runs/filter", json={}).text,
-        api.post("/artifacts/filter", json={}).text,
-        api.post("/logs/filter", json={"limit": 200}).text,
-        api.post("/flow_runs/filter", json={}).text,
-        api.post("/deployments/filter", json={}).text,
+        records("/task_runs/filter", this_run),
+        records("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [str(run.id)]}}}),
+        records("/logs/filter", {"logs": {"flow_run_id": {"any_": [str(run.id)]}}}),
+        records("/flow_runs/filter", this_run),
+        records("/deployments/filter", {"deployments": {"name": {"any_": [app.name]}}}),
         api.post(f"/flow_runs/{run.id}/input/filter", json={"prefix": ""}).text,
-        api.post("/block_documents/filter", json={"include_secrets": False}).text,
+        records("/block_documents/filter", {"include_secrets": False}),
     ]
+    assert str(run.id) in seen[4] and app.name in seen[5]
     # the SSH private key: its base64 body, line by line (as stored in PEM/OpenSSH form)
     key_lines = [line for line in
                  sandbox_info.host("local").private_key_path.read_text().splitlines()
@@ -53,12 +70,18 @@ def test_secret_env_values_reach_the_container_and_never_prefect(client, make_ap
         assert secret not in text
         assert not any(line in text for line in key_lines)
     # The whole database, byte for byte (block documents are stored encrypted), and the
-    # worker's output.
+    # worker's output: the test session's own Prefect server's (an outside one's database
+    # cannot be read from here)
+    scanned = []
     for path in Path(prefect_state).rglob("*"):
         if path.is_file():
             data = path.read_bytes()
             assert secret.encode() not in data, path
             assert not any(line.encode() in data for line in key_lines), path
+            scanned.append(path.name)
+    assert any(name.endswith(".db") for name in scanned), \
+        f"the server's database was not scanned ({scanned}): needs the session's own server"
+    assert "worker.log" in scanned
 
 
 def test_the_env_file_is_private_and_goes_when_its_secrets_go(client, make_app, docker_client):

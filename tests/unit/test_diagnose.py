@@ -7,7 +7,9 @@ signatures, history, suggesters."""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -298,3 +300,44 @@ def test_diagnosis_reads_the_first_line_and_the_last_ones():
     lines = _readable("\n".join(str(i) for i in range(1000)))
     assert len(lines) == MAX_LINES and lines[:2] == ["0", str(1000 - MAX_LINES + 1)]
     assert lines[-1] == "999"
+
+
+def test_a_suggester_declared_by_an_installed_package_s_entry_point_is_used(tmp_path):
+    """A package installed beside deploy-runs (here: a distribution on the path, found by
+    importlib.metadata as pip installs one) that declares a function in the entry-point group
+    `deploy_runs.suggesters` adds its suggestions; `replace = True` on it replaces the
+    built-in ones. Checked in a fresh interpreter, as a worker would load it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    site = tmp_path / "site"
+    (site / "acme_hints-1.0.dist-info").mkdir(parents=True)
+    (site / "acme_hints-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: acme-hints\nVersion: 1.0\n")
+    (site / "acme_hints-1.0.dist-info" / "entry_points.txt").write_text(
+        "[deploy_runs.suggesters]\nacme = acme_hints:suggest\nacme-only = acme_hints:only\n")
+    (site / "acme_hints.py").write_text(textwrap.dedent('''
+        def suggest(failure, context):
+            return [{"kind": "acme", "title": "Ask the ACME wiki",
+                     "detail": f"{context.app_name} failed at {failure.step}"}]
+
+        def only(failure, context):
+            return []  # nothing to say: the built-in suggestions stay
+        only.replace = True
+    '''))
+    script = textwrap.dedent('''
+        from deploy_runs.diagnosis import FailureContext, suggest
+        from deploy_runs.models import Failure
+        found = suggest(Failure(step="Fetch source", message="git ref 'x' was not found in y"),
+                        FailureContext(run_id="r", app_name="shop"))
+        print([(s.kind, s.source, s.detail) for s in found])
+    ''')
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}"
+                               f"{os.environ.get('PYTHONPATH', '')}"}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = ast.literal_eval(done.stdout)  # the list of tuples the script printed
+    assert found[0][:2] == ("git-ref-not-found", "built-in")
+    assert found[1] == ("acme", "acme", "shop failed at Fetch source")
+    assert len(found) == 2

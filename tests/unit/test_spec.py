@@ -155,3 +155,19 @@ def test_an_invalid_repository_url_is_refused_without_echoing_it(url):
         Application(name="hello", repository=url, server=SERVER,
                     services=[{"name": "web", "container_port": 8080, "host_port": 18080}])
     assert "repository" in str(info.value) and "ghp_secret" not in str(info.value)
+
+
+def test_the_default_time_limits_are_the_readme_s():
+    import re
+    from pathlib import Path
+
+    from blocks.application import Timeouts
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    said = re.search(r"`timeouts`: `provision` (\d+) s, `fetch` (\d+), `build` (\d+), "
+                     r"`start` (\d+), `health` (\d+), `run` (\d+)", readme)
+    assert said, "the README no longer states the default limits"
+    defaults = Timeouts()
+    assert [int(v) for v in said.groups()] == [
+        defaults.provision, defaults.fetch, defaults.build, defaults.start, defaults.health,
+        defaults.run]
