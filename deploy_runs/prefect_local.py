@@ -12,6 +12,7 @@ beyond loopback only with one (deploy_runs/server.py, `check_bind`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -285,10 +286,15 @@ def start_worker(url: str, state: Path | None = None, name: str = "worker",
                   worker_env(url, auth_string), state)
 
 
+STOP_GRACE = 3.0
+
+
 def stop(state: Path | None = None, timeout: float = 15.0, only: tuple[str, ...] = (),
          sig: signal.Signals = signal.SIGTERM) -> list[str]:
     """Stop what start_server/start_worker/start_postgres/start_redis started (by PID file;
-    `only` those names), with `sig` and, after `timeout` seconds, SIGKILL; return what was
+    `only` those names), with `sig`; after STOP_GRACE seconds SIGINT (a second signal ends
+    uvicorn and Prefect's worker without waiting for open connections, such as a browser's
+    websockets; PostgreSQL's fast shutdown), after `timeout` seconds SIGKILL; return what was
     stopped."""
     state = state or home()
     stopped = []
@@ -302,11 +308,17 @@ def stop(state: Path | None = None, timeout: float = 15.0, only: tuple[str, ...]
             # Signal the process group (each started here leads its own): a worker's fork
             # server goes with it; its runs' processes lead groups of their own.
             os.killpg(pid, sig)
-            deadline = time.monotonic() + timeout
-            while _alive(pid_file) and time.monotonic() < deadline:
+            began = time.monotonic()
+            pressed = sig in (signal.SIGKILL, signal.SIGINT)
+            while _alive(pid_file) and time.monotonic() < began + timeout:
+                if not pressed and time.monotonic() > began + STOP_GRACE:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGINT)
+                    pressed = True
                 time.sleep(0.1)
             if _alive(pid_file):
-                os.killpg(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
             stopped.append(pid_file.stem)
         pid_file.unlink(missing_ok=True)
     return stopped

@@ -203,17 +203,19 @@ def make_app(sandbox_info, server_blocks, worker, docker_client, tmp_path_factor
         return app
 
     yield make
-    # every engine of the sandbox (namespace hosts have their own)
+    # every engine of the sandbox (namespace hosts have their own): one listing each
     engines = [docker_client] + [docker.DockerClient(base_url=h.docker_host)
                                  for h in sandbox.status().hosts if h.name != "local"]
-    for app in made:
-        for engine in engines:
-            try:
-                for container in engine.containers.list(
-                        all=True, filters={"label": f"deploy-runs.app={app.name}"}):
+    names = {app.name for app in made}
+    for engine in engines:
+        try:
+            for container in engine.containers.list(all=True,
+                                                    filters={"label": "deploy-runs.app"}):
+                if container.labels.get("deploy-runs.app") in names:
                     container.remove(force=True)
-            except docker.errors.DockerException:  # an engine a test stopped
-                pass
+        except docker.errors.DockerException:  # an engine a test stopped
+            pass
+    for app in made:
         shutil.rmtree(app.bare_repo, ignore_errors=True)
     for engine in engines[1:]:
         engine.close()

@@ -349,7 +349,7 @@ def test_the_cli_pauses_shows_resumes_follows_and_stops_live_runs(client, make_a
     assert deploy.wait(timeout=60) == 0  # the CLI's exit code: 0 only when the run completed
     screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(drawn).decode(errors="replace"))
     for seen in ("Provision server", "Build images", "Health check", "Paused", "Completed",
-                 f"$ docker build --tag deploy-runs/{app.name}-web:"):
+                 f"deploy-runs/{app.name}-web:", "rebuilt (first build)"):
         assert seen in screen, (seen, screen[-3000:])
 
     out, err = follower.communicate(timeout=60)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
 
@@ -286,14 +287,16 @@ def test_no_worker_is_said_while_the_run_waits_and_a_deploy_can_refuse_at_once(e
     strict = make_app("hello", spec_changes={"require_worker_seconds": 5})
     assert stop(engine.state, only=("worker",)) == ["worker"]
     try:
-        def refused() -> str | None:
-            try:
-                client.deploy(strict.name)
-            except NoWorker as exc:
-                return str(exc)
-            return None  # a worker asked for runs less than 5 s ago: accepted, and it waits
-        message = wait_for(refused, 30, "a deploy to be refused")
-        assert "No worker serves work pool 'deploy-runs'" in message
-        assert "require_worker_seconds: 5" in message
+        def last_polled_ago() -> float:
+            with get_client(sync_client=True) as prefect:
+                queues = prefect.read_work_queues(work_pool_name="deploy-runs")
+            polled = max(q.last_polled for q in queues if q.last_polled)
+            return (datetime.now(UTC) - polled).total_seconds()
+        wait_for(lambda: last_polled_ago() > 5.5, 30, "the pool to have no worker for 5 s")
+        with pytest.raises(NoWorker) as refused:
+            client.deploy(strict.name)
+        assert "No worker serves work pool 'deploy-runs'" in str(refused.value)
+        assert "require_worker_seconds: 5" in str(refused.value)
+        assert client.runs(app=strict.name) == []  # refused before any run was made
     finally:
         start_worker(engine.url, engine.state)

@@ -11,6 +11,7 @@ import pytest
 
 from deploy_runs import AppNotFound, ConfigError, RunNotFound, RunStatus, StepStatus
 from deploy_runs.remote import fingerprint, public_key
+from deploy_runs.safetext import markdown_text
 from deploy_runs.spec import load_server
 from deploy_runs.steps import PLANNED_STEPS
 
@@ -46,7 +47,7 @@ def test_deploy_through_the_api_completes_all_five_steps_and_serves_the_page(cli
     assert status == 200 and "Hello from deploy-runs" in page
     # the run in the product's words, for the Prefect UI: a completed run's summary artifact
     summary = summary_artifact(run.id)
-    assert summary.startswith(f"## 🟢 {app.name}: Completed"), summary[:200]
+    assert summary.startswith(f"## 🟢 {markdown_text(app.name)}: Completed"), summary[:200]
     assert f"`{run.commit[:12]}`" in summary
     for step in PLANNED_STEPS:
         assert re.search(rf"\| 🟢 \| {step} \| Completed \| ", summary), (step, summary)

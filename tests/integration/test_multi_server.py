@@ -78,7 +78,7 @@ def test_one_failing_server_fails_the_step_and_names_it(client, make_app, two_se
     assert [s.status for s in run.steps[1:]] == [StepStatus.SKIPPED] * 4
     kinds = [s.kind for s in run.error.suggestions]
     assert "docker-daemon-down" in kinds, kinds
-    said = [line.text for line in client.logs(run.id) if "on server" in line.text]
+    said = [line.text for line in client.logs(run.id) if line.text.startswith("on server ")]
     # the step stops at the failing server: a later one is not touched
     assert said == [f"on server deploy@{h.host}:22 ({i} of 2)"
                     for i, h in enumerate(two_servers[:failing + 1], 1)], said
@@ -96,7 +96,7 @@ def test_pause_waits_until_the_step_is_done_on_every_server(client, make_app, tw
     assert paused.step("Build images").status is StepStatus.COMPLETED
     assert paused.step("Start application").started_at is None
     built_on = [line.text for line in client.logs(run.id, step="Build images")
-                if "on server" in line.text]
+                if line.text.startswith("on server ")]
     assert len(built_on) == 2, built_on  # the build ran on both before the pause took effect
     assert not [line for line in client.logs(run.id, step="Start application")]
     client.resume(run.id)

@@ -61,8 +61,8 @@ def test_redeploy_rebuilds_and_restarts_only_the_changed_service(client, make_ap
     assert "Shop storefront" in http_get(app.url("web"))[1]
     builds = build_commands(client, second.id)
     assert len(builds) == 1 and "-api:" in builds[0]
-    assert not any(name.endswith("-previous") for name in
-                   (c.name for c in docker_client.containers.list(all=True)))
+    assert not any(c.name.endswith("-previous") for c in docker_client.containers.list(
+        all=True, filters={"label": f"deploy-runs.app={app.name}"}))
 
     # The earlier run is unchanged in history; runs are listed most recent first.
     assert client.get_run(first.id) == first

@@ -7,8 +7,8 @@ import json
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
+from prefect.client.orchestration import get_client
 
 from deploy_runs import RunStatus
 
@@ -34,7 +34,8 @@ def test_secret_env_values_reach_the_container_and_never_prefect(client, make_ap
     assert not any(secret in line.text for line in logs)
     assert secret not in run.model_dump_json()
 
-    api = httpx.Client(base_url=prefect_api, timeout=30)
+    # Prefect's own client: the server wants a CSRF token for POSTs, which it fetches
+    api = get_client(sync_client=True).__enter__()
     this_run = {"flow_runs": {"id": {"any_": [str(run.id)]}}}
 
     def records(path: str, body: dict) -> str:
@@ -42,8 +43,7 @@ def test_secret_env_values_reach_the_container_and_never_prefect(client, make_ap
         and at least one."""
         rows: list = []
         while True:
-            page = api.post(path, json={**body, "limit": 200, "offset": len(rows)})
-            page.raise_for_status()
+            page = api.request("POST", path, json={**body, "limit": 200, "offset": len(rows)})
             rows += page.json()
             if len(page.json()) < 200:
                 break
@@ -51,13 +51,13 @@ def test_secret_env_values_reach_the_container_and_never_prefect(client, make_ap
         return json.dumps(rows)
 
     seen = [
-        api.get(f"/flow_runs/{run.id}").text,
+        api.request("GET", f"/flow_runs/{run.id}").text,
         records("/task_runs/filter", this_run),
         records("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [str(run.id)]}}}),
         records("/logs/filter", {"logs": {"flow_run_id": {"any_": [str(run.id)]}}}),
         records("/flow_runs/filter", this_run),
         records("/deployments/filter", {"deployments": {"name": {"any_": [app.name]}}}),
-        api.post(f"/flow_runs/{run.id}/input/filter", json={"prefix": ""}).text,
+        api.request("POST", f"/flow_runs/{run.id}/input/filter", json={"prefix": ""}).text,
         records("/block_documents/filter", {"include_secrets": False}),
     ]
     assert str(run.id) in seen[4] and app.name in seen[5]
