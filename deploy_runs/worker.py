@@ -27,6 +27,7 @@ import multiprocessing.context
 import os
 import runpy
 import shutil
+import signal
 import sys
 import tempfile
 import warnings
@@ -54,7 +55,8 @@ if TYPE_CHECKING:
     from prefect.runner._control_channel import ControlChannel
 
 # Imported once by the fork server; each run's process starts with them in memory.
-PRELOAD = ["deploy_runs.worker", "prefect.engine", "prefect.flow_engine", "flows.deploy"]
+PRELOAD = ["deploy_runs._forkserver", "deploy_runs.worker", "prefect.engine",
+           "prefect.flow_engine", "flows.deploy"]
 
 _context: multiprocessing.context.ForkServerContext | None = None
 
@@ -82,6 +84,8 @@ def _nothing() -> None:
 def run_engine(env: dict[str, str], cwd: str) -> None:
     """A run's process (forked from the fork server): take the run's environment, then run
     Prefect's engine entry point as `python -m prefect.engine` would."""
+    # SIGTERM as a new process has it (the fork server ignores it: deploy_runs._forkserver)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Its own process group, as Prefect gives a run's process: cancelling the run signals the
     # group, and a signal to the worker's group does not reach the run directly.
     os.setsid()

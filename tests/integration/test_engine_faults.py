@@ -92,6 +92,26 @@ def ticking_build(ticks: int, marker: str) -> dict[str, str]:
         'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')}
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(proc.name))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def ignores_sigterm(pid: int) -> bool:
+    mask = next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("SigIgn:"))
+    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
+
+
 def ticks_logged(client: DeployRuns, run_id) -> list[int]:
     return [int(line.text.removeprefix("tick-")) for line in client.logs(run_id)
             if line.text.startswith("tick-") and line.text[5:].isdigit()]
@@ -188,6 +208,13 @@ def test_a_worker_stopped_during_a_run_lets_the_run_finish_and_record_what_happe
     # a wait shorter than the run raises WaitTimeout (the README's error tree), saying so
     with pytest.raises(WaitTimeout, match=f"run {run.id} is still In Progress after 0.5s"):
         client.wait(run.id, timeout=0.5)
+
+    # the worker's fork server ignores SIGTERM (a signal to the worker's group must not end it
+    # before the worker has let the run go), the run's process does not
+    worker = int((engine.state / "worker.pid").read_text())
+    (forkserver,) = [pid for pid in children(worker) if "forkserver" in cmdline(pid)]
+    (run_process,) = children(forkserver)
+    assert ignores_sigterm(forkserver) and not ignores_sigterm(run_process)
 
     assert stop(engine.state, only=("worker",)) == ["worker"]  # SIGTERM, as an upgrade does
     start_worker(engine.url, engine.state)

@@ -342,7 +342,9 @@ def test_a_build_printing_without_pause_is_killed_at_the_step_limit(client, make
     script = command.format(marker=marker)
     app = make_app("hello", files={"Dockerfile": f"FROM busybox:latest\nRUN {script}\n"},
                    spec_changes={"timeouts": {"build": 4}})
-    run = check_failed(deploy_here(client, app.name), "Build images", "command-timeout",
+    # seen running on the server, so that its absence afterwards means it was killed
+    running = deploy_watching(client, app.name, marker)
+    run = check_failed(running.result(timeout=120), "Build images", "command-timeout",
                        "command-timeout")
     assert run.error.timed_out and "step timed out after 4s (timeouts.build)" in run.error.message
     step = run.step("Build images")

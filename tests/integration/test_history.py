@@ -17,6 +17,7 @@ import pytest
 from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, temporary_settings
 
 from deploy_runs import RunStatus, StepStatus
+from deploy_runs.diagnosis import normalise
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -158,7 +159,18 @@ def test_compare_a_real_completed_and_failed_shop_run(client, make_app):
     assert c.error_a is None and c.error_b.suggestions[0].kind == "build-command-failed"
     # the failing step's outputs diverge somewhere before the failing command's last line
     assert c.divergence is not None and c.divergence.step == "Build images"
-    assert c.divergence.a != c.divergence.b and c.divergence.line >= 1
+    # exactly where: the first line of the two runs' Build images output (commands, stdout,
+    # stderr as logged) that differs once ids, times and numbers are masked; every line
+    # before it the same
+    outputs = [[line.text for line in client.logs(r.id, step="Build images")
+                if line.stream in ("command", "stdout", "stderr")] for r in (good, bad)]
+    n = c.divergence.line
+    assert [normalise(t) for t in outputs[0][:n - 1]] == [normalise(t) for t in outputs[1][:n - 1]]
+    assert n > len(outputs[0]) or n > len(outputs[1]) or \
+        normalise(outputs[0][n - 1]) != normalise(outputs[1][n - 1])
+    for output, shown in ((outputs[0], c.divergence.a), (outputs[1], c.divergence.b)):
+        if n <= len(output):
+            assert output[n - 1] in shown, (n, shown)
     assert any("npm ERR! missing script" in line for line in c.error_b.output_tail)
     assert "debug" not in c.model_dump_json()  # env values never in a comparison
 

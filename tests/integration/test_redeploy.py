@@ -164,6 +164,7 @@ def test_the_old_container_serves_until_its_successor_and_is_put_back_if_it_cann
     import threading
     import time
     import uuid
+    from datetime import UTC, datetime
 
     from .conftest import wait_for
 
@@ -179,15 +180,16 @@ def test_the_old_container_serves_until_its_successor_and_is_put_back_if_it_cann
         f"RUN echo {marker} && sleep 4\n"
         "COPY site/ /www/\n"
         'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')}, "version 2, slow build")
-    answers: list[str] = []
+    answers: list[tuple[datetime, str]] = []
     done = threading.Event()
 
     def poll() -> None:
         while not done.is_set():
             try:
-                answers.append(http_get(app.url(), timeout=2)[1])
+                answer = http_get(app.url(), timeout=2)[1]
             except OSError as exc:
-                answers.append(f"error: {exc}")
+                answer = f"error: {exc}"
+            answers.append((datetime.now(UTC), answer))
             time.sleep(0.05)
 
     run = client.deploy(app.name)
@@ -196,14 +198,16 @@ def test_the_old_container_serves_until_its_successor_and_is_put_back_if_it_cann
     poller = threading.Thread(target=poll)
     poller.start()
     try:
-        wait_for(lambda: client.get_run(run.id).step("Start application").status
-                 is not StepStatus.PENDING, 60, "Start application to begin")
+        second = client.wait(run.id, timeout=120)
     finally:
         done.set()
         poller.join()
-    assert answers and set(answers) == {"version 1\n"}, answers[-5:]  # through the whole build
-    second = client.wait(run.id, timeout=120)
     assert second.status is RunStatus.COMPLETED, second.error
+    # every request until Start application began, the build included, got version 1
+    # (the switch itself still has a gap: the old container stops before the new one starts)
+    started = second.step("Start application").started_at
+    before = [answer for when, answer in answers if when < started]
+    assert len(before) > 20 and set(before) == {"version 1\n"}, before[-5:]
     assert http_get(app.url())[1] == "version 2\n"
     (current,) = docker_client.containers.list(filters={"label": f"deploy-runs.app={app.name}"})
     assert current.id != old.id
