@@ -8,9 +8,11 @@ redeploy, measured on almost every run (`bench/redeploy.py`). Label updates are 
 read-then-write transactions, and a run writes its facts as labels; those, and the request
 for the app's concurrency slot, are sent again after 20 ms, 40 ms, ... up to `PATIENCE`
 seconds. Any other answer is read as Prefect's client reads it (an error raises); a store
-that stays busy, or a server that asks for a CSRF token, is left to Prefect's own client (its
-retries, its token). The async twins serve the Python API: a deploy request's flow run
-(created with an idempotency key) and the run controls' (Pause/Resume/Stop) labels.
+that stays busy, a server that asks for a CSRF token, or a connection that breaks (reset,
+closed; seen once in 20 deploys at once, a run failed "ReadError: Connection reset by peer")
+is left to Prefect's own client (its retries, its token). The async twins serve the Python
+API: a deploy request's flow run (created with an idempotency key) and the run controls'
+(Pause/Resume/Stop) labels.
 """
 
 from __future__ import annotations
@@ -55,7 +57,12 @@ def send(client: SyncPrefectClient, method: str, path: str, body: Any,
                 http._add_csrf_headers(built)  # type: ignore[attr-defined] - see _answer
             except Exception:  # no token to be had: Prefect's client deals with that
                 return None
-        response = httpx.Client.send(http, built)
+        try:
+            response = httpx.Client.send(http, built)
+        except httpx.TransportError:
+            # a connection reset or closed under us (a busy server, a restart): Prefect's
+            # client sends it again with its own retries, as it does its own requests
+            return None
         if response.status_code != 503:
             return _answer(response)
         if wait is not None:
@@ -102,7 +109,10 @@ async def asend(client: PrefectClient, method: str, path: str, body: Any,
                 await http._add_csrf_headers(built)  # type: ignore[attr-defined] - see _answer
             except Exception:  # no token to be had: Prefect's client deals with that
                 return None
-        response = await httpx.AsyncClient.send(http, built)
+        try:
+            response = await httpx.AsyncClient.send(http, built)
+        except httpx.TransportError:  # as in `send`
+            return None
         if response.status_code != 503:
             return _answer(response)
         if wait is not None:

@@ -4,6 +4,7 @@ that answers as Prefect's does when SQLite is busy."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,7 @@ class Store:
         self.csrf = False  # answer as a server with CSRF protection does to a bare request
         self.csrf_tokens = False  # hand out CSRF tokens, and ask for them (Prefect's way)
         self.tokens_given = 0
+        self.resets = 0  # requests answered by closing the connection
         self.requests: list[tuple[str, str, object]] = []
         self.url = ""
 
@@ -56,6 +58,11 @@ def store() -> Iterator[Store]:
         def do_PATCH(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             state.requests.append(("PATCH", self.path, body))
+            if state.resets:  # close the connection without an answer
+                state.resets -= 1
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             busy = len(state.requests) <= state.busy_answers
             if state.csrf_tokens and self.headers.get("Prefect-Csrf-Token") != "t0k3n":
                 self.send_response(403)
@@ -170,3 +177,29 @@ def test_a_direct_send_to_a_server_with_csrf_protection_carries_prefects_token(s
             return await asend(client, "PATCH", "/flow_runs/x/labels", {})
 
     assert asyncio.run(attempt()).status_code == 204
+
+
+def test_a_connection_broken_under_a_direct_send_is_left_to_prefects_client(store):
+    store.resets = 1
+    run_id = uuid4()
+    with SyncPrefectClient(store.url) as client:
+        assert send(client, "PATCH", f"/flow_runs/{run_id}/labels", {"a": "1"}) is None
+        store.resets = 1
+        write_labels(client, run_id, {"a": "1"})  # Prefect's client sends it again
+    assert [r[0] for r in store.requests] == ["PATCH"] * 3
+    assert store.requests[-1][2] == {"a": "1"}
+
+
+def test_the_async_direct_send_also_leaves_a_broken_connection_to_prefect(store):
+    import asyncio
+
+    store.resets = 1
+    run_id = uuid4()
+
+    async def go() -> None:
+        async with PrefectClient(store.url) as client:
+            assert await asend(client, "PATCH", f"/flow_runs/{run_id}/labels", {"a": "1"}) is None
+            store.resets = 1
+            await awrite_labels(client, run_id, {"a": "1"})
+    asyncio.run(go())
+    assert [r[0] for r in store.requests] == ["PATCH"] * 3
