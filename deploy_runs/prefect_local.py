@@ -22,11 +22,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from deploy_runs.heartbeat import HEARTBEAT_ENV
 
 DEFAULT_PORT = 4200
+T = TypeVar("T")
 
 SERVER_SETTINGS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -96,6 +99,22 @@ def _start(name: str, argv: list[str], env: dict[str, str], state: Path) -> int:
     return proc.pid
 
 
+def _wait_ready(ready: Callable[[], T | None], what: str, name: str, state: Path,
+                timeout: float, interval: float) -> T:
+    """What `ready()` returns once it is something, while the process started as `name` lives;
+    RuntimeError when it exits or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = ready()
+        if answer:
+            return answer
+        if _alive(state / f"{name}.pid") is None:
+            raise RuntimeError(f"{what} exited; see {state / f'{name}.log'}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer within {timeout:g}s")
+        time.sleep(interval)
+
+
 def _postgres_bin() -> Path:
     versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
                       key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
@@ -149,19 +168,14 @@ def start_postgres(state: Path, port: int, timeout: float = 60.0) -> str:
         str(bindir / "postgres"), "-D", str(data), "-p", str(port),
         "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data}",
         "-c", "max_connections=200", "-c", "fsync=off"]), dict(os.environ), state)
-    deadline = time.monotonic() + timeout
-    while True:
-        ready = subprocess.run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port),
-                                "-U", "prefect", "-d", "postgres", "-tAc",
-                                "SELECT 1 FROM pg_database WHERE datname = 'prefect'"],
-                               capture_output=True, text=True, timeout=30)
-        if ready.returncode == 0:
-            break
-        if _alive(state / "postgres.pid") is None:
-            raise RuntimeError(f"PostgreSQL exited; see {state / 'postgres.log'}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"PostgreSQL did not answer within {timeout:g}s")
-        time.sleep(0.3)
+    def ask() -> subprocess.CompletedProcess[str] | None:
+        done = subprocess.run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port),
+                               "-U", "prefect", "-d", "postgres", "-tAc",
+                               "SELECT 1 FROM pg_database WHERE datname = 'prefect'"],
+                              capture_output=True, text=True, timeout=30)
+        return done if done.returncode == 0 else None
+
+    ready = _wait_ready(ask, "PostgreSQL", "postgres", state, timeout, 0.3)
     if ready.stdout.strip() != "1":
         subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
                         "-U", "prefect", "prefect"], check=True, capture_output=True, timeout=60)
@@ -184,20 +198,16 @@ def start_redis(state: Path, port: int, timeout: float = 30.0) -> str:
     _start("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
                      "--appendonly", "yes", "--appendfsync", "always", "--save", "",
                      "--protected-mode", "yes", "--daemonize", "no"], dict(os.environ), state)
-    deadline = time.monotonic() + timeout
-    while True:
+    def ping() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
                 conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
-                    return url
+                return conn.recv(16).startswith(b"+PONG")
         except OSError:
-            pass
-        if _alive(state / "redis.pid") is None:
-            raise RuntimeError(f"Redis exited; see {state / 'redis.log'}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Redis did not answer within {timeout:g}s")
-        time.sleep(0.1)
+            return False
+
+    _wait_ready(ping, "Redis", "redis", state, timeout, 0.1)
+    return url
 
 
 def start_server(port: int = DEFAULT_PORT, state: Path | None = None,

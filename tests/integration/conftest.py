@@ -265,3 +265,21 @@ def slow_build_files(seconds: int, marker: str) -> dict[str, str]:
         f"RUN sleep {seconds} && echo {marker}\n"  # the marker also keeps the layer uncached
         "COPY site/ /www/\n"
         'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')}
+
+
+def deployment_on_own_pool(app: SampleApp, kind: str) -> tuple[str, object]:
+    """A deployment of `app`'s deploy flow on a process work pool of its own (`kind-xxxxxx`),
+    for a test that serves it with a worker it starts itself; (pool, deployment id)."""
+    from prefect.deployments.runner import EntrypointType
+
+    from deploy_runs.heartbeat import HEARTBEAT_ENV
+    from deploy_runs.spec import ensure_work_pool
+    from flows.deploy import deploy_app
+
+    pool = f"{kind}-{uuid.uuid4().hex[:6]}"
+    ensure_work_pool(pool)
+    deployment_id = deploy_app.to_deployment(
+        name=f"{app.name}-{kind}", parameters={"app": app.name},
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        job_variables={"env": HEARTBEAT_ENV}).apply(work_pool_name=pool)
+    return pool, deployment_id

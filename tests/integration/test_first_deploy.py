@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import uuid
 
 import pytest
 
@@ -217,20 +216,13 @@ def test_a_run_read_the_moment_it_ended_shows_its_steps_as_they_ran(client, make
 def test_a_run_on_prefect_s_stock_process_worker(client, make_app, prefect_api, tmp_path):
     """`prefect worker start --type process` (no deploy-runs worker) runs deploy runs too."""
     from prefect.client.orchestration import get_client
-    from prefect.deployments.runner import EntrypointType
 
-    from deploy_runs.heartbeat import HEARTBEAT_ENV
     from deploy_runs.prefect_local import start_worker, stop
-    from deploy_runs.spec import ensure_work_pool
-    from flows.deploy import deploy_app
+
+    from .conftest import deployment_on_own_pool
 
     app = make_app("hello")
-    pool = f"stock-{uuid.uuid4().hex[:6]}"
-    ensure_work_pool(pool)
-    deployment_id = deploy_app.to_deployment(
-        name=f"{app.name}-stock", parameters={"app": app.name},
-        entrypoint_type=EntrypointType.MODULE_PATH,
-        job_variables={"env": HEARTBEAT_ENV}).apply(work_pool_name=pool)
+    pool, deployment_id = deployment_on_own_pool(app, "stock")
     start_worker(prefect_api, tmp_path, name="stock", pool=pool, warm=False)
     try:
         with get_client(sync_client=True) as prefect:

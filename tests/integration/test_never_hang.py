@@ -13,16 +13,13 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.deployments.runner import EntrypointType
 
 from deploy_runs import RunStatus, StepStatus
 from deploy_runs.concurrency import LEASE_SECONDS, limit_name
-from deploy_runs.heartbeat import HEARTBEAT_ENV, WITHIN_SECONDS
+from deploy_runs.heartbeat import WITHIN_SECONDS
 from deploy_runs.prefect_local import start_worker
-from deploy_runs.spec import ensure_work_pool
-from flows.deploy import deploy_app
 
-from .conftest import slow_build_files, wait_for
+from .conftest import deployment_on_own_pool, slow_build_files, wait_for
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -50,12 +47,7 @@ def test_a_run_whose_worker_is_killed_ends_failed_in_bounded_time(client, make_a
     app = make_app("hello", files=slow_build_files(150, marker))
     healthy = make_app("hello")
     # This app's runs go to a pool of their own, served by a worker this test kills.
-    pool = f"doomed-{uuid.uuid4().hex[:6]}"
-    ensure_work_pool(pool)
-    deployment_id = deploy_app.to_deployment(
-        name=f"{app.name}-doomed", parameters={"app": app.name},
-        entrypoint_type=EntrypointType.MODULE_PATH,
-        job_variables={"env": HEARTBEAT_ENV}).apply(work_pool_name=pool)
+    pool, deployment_id = deployment_on_own_pool(app, "doomed")
     worker = start_worker(prefect_api, tmp_path, name="doomed", pool=pool)
     with get_client(sync_client=True) as prefect:
         flow_run = prefect.create_flow_run_from_deployment(
