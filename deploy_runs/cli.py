@@ -417,7 +417,7 @@ def prefect_up(port: Annotated[int, typer.Option()] = 4200,
                         "PREFECT_SERVER_API_AUTH_STRING set.")] = "127.0.0.1") -> None:
     """Start a local Prefect server (SQLite) and a worker, and point the Prefect profile at it."""
     from deploy_runs.prefect_local import start_local
-    from deploy_runs.server import CLIENT_AUTH_SETTING, check_bind, configured_auth_string
+    from deploy_runs.prefect_server import CLIENT_AUTH_SETTING, check_bind, configured_auth_string
 
     # refused before anything starts (start_server checks again where it binds)
     auth_string = configured_auth_string("server") or configured_auth_string("client")
@@ -447,7 +447,7 @@ def worker(pool: Annotated[str, typer.Option(help="The process work pool to serv
     warm (Prefect and the deploy flow already imported): runs start ~2 s sooner."""
     import asyncio
 
-    from deploy_runs.worker import serve
+    from deploy_runs.prefect_compat.warm_worker import serve
 
     asyncio.run(serve(pool, name=name, limit=limit))
 

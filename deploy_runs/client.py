@@ -37,7 +37,6 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from blocks.application import Application, check_ref
 from deploy_runs import history
-from deploy_runs.api import arequest, awrite_labels
 from deploy_runs.concurrency import ACTIVE_SORT, active_filter, busy_message
 from deploy_runs.controls import CONTROL_LABEL, PAUSE, STOP, requested
 from deploy_runs.errors import (
@@ -52,6 +51,7 @@ from deploy_runs.errors import (
 )
 from deploy_runs.logs import LogLine, alogs, logs_sync
 from deploy_runs.models import Failure, LogMatch, RecurringFailure, Run, RunComparison, RunStats
+from deploy_runs.prefect_compat.resend import arequest, awrite_labels
 from deploy_runs.record import FAILURE_KEY, RUN_TAG, app_tag, trigger_tag
 from deploy_runs.runs import DEPLOY_FLOW, NO_WORKER_SECONDS, overdue, run_from_prefect, waiting_reason
 from deploy_runs.status import RunStatus

@@ -34,7 +34,7 @@ from prefect.exceptions import Pause
 from prefect.states import Paused
 from prefect.utilities.engine import propose_state_sync
 
-from deploy_runs.api import write_labels
+from deploy_runs.prefect_compat.resend import write_labels
 from deploy_runs.record import fact_label
 
 CONTROL_LABEL = fact_label("control")

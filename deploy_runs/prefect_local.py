@@ -7,7 +7,7 @@ are set here, so the worker, the demo and the tests get them without anyone expo
 An API auth string (Prefect's HTTP Basic authentication), given or in Prefect's settings as
 PREFECT_SERVER_API_AUTH_STRING or PREFECT_API_AUTH_STRING, goes to the server as the first and
 to the workers as the second, so everything started here works with it. A server listens
-beyond loopback only with one (deploy_runs/server.py, `check_bind`).
+beyond loopback only with one (deploy_runs/prefect_server.py, `check_bind`).
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def start_server(port: int = DEFAULT_PORT, state: Path | None = None,
     Concurrency leases are kept on disk under `state`, or in Redis at `redis_url` (e.g. from
     start_redis; Prefect's `prefect-redis`), unless PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE
     says otherwise."""
-    from deploy_runs.server import check_bind, configured_auth_string, is_loopback
+    from deploy_runs.prefect_server import check_bind, configured_auth_string, is_loopback
 
     auth_string = (auth_string or configured_auth_string("server")
                    or configured_auth_string("client"))
@@ -245,8 +245,8 @@ def start_server(port: int = DEFAULT_PORT, state: Path | None = None,
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     env.pop("PREFECT_API_URL", None)
     # Prefect's server, with busy SQLite writes retried in the server, CSRF protection on and
-    # cross-origin requests from its own UI only (deploy_runs/server.py)
-    _start("server", [sys.executable, "-m", "deploy_runs.server",
+    # cross-origin requests from its own UI only (deploy_runs/prefect_server.py)
+    _start("server", [sys.executable, "-m", "deploy_runs.prefect_server",
                       "--host", host, "--port", str(port)], env, state)
     deadline = time.monotonic() + timeout
     while not healthy(url):
@@ -270,16 +270,16 @@ def start_worker(url: str, state: Path | None = None, name: str = "worker",
                  auth_string: str | None = None) -> int:
     """Start a worker for the deploy-runs pool (or `pool`) of the API at `url`, reusing one
     that is already running: Prefect's process worker with warm-started flow processes
-    (deploy_runs.worker), or with `warm=False` Prefect's stock process worker (a baseline for
-    benchmarks). `auth_string`: the API's (default: Prefect's settings PREFECT_API_AUTH_STRING,
-    else PREFECT_SERVER_API_AUTH_STRING), for the worker and its runs."""
+    (deploy_runs.prefect_compat.warm_worker), or with `warm=False` Prefect's stock process
+    worker (a baseline for benchmarks). `auth_string`: the API's (default: Prefect's settings
+    PREFECT_API_AUTH_STRING, else PREFECT_SERVER_API_AUTH_STRING), for the worker and its runs."""
     state = state or home()
     pid = _alive(state / f"{name}.pid")
     if pid:
         return pid
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from deploy_runs.server import configured_auth_string
+    from deploy_runs.prefect_server import configured_auth_string
     from deploy_runs.spec import WORK_POOL, ensure_work_pool
 
     auth_string = (auth_string or configured_auth_string("client")
@@ -342,7 +342,7 @@ def start_local(port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> str:
     `prefect.settings.temporary_settings`."""
     from prefect.settings import PREFECT_API_URL, temporary_settings, update_current_profile
 
-    from deploy_runs.server import configured_auth_string
+    from deploy_runs.prefect_server import configured_auth_string
 
     url = os.environ.get("PREFECT_API_URL") or ""
     auth_string = None

@@ -10,11 +10,11 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 
-from deploy_runs.api import write_labels
 from deploy_runs.diagnosis import cause_line
 from deploy_runs.errors import CommandFailed, CommandTimedOut, StepFailed, StepTimedOut
 from deploy_runs.inputs import step_inputs
 from deploy_runs.models import Failure, ServiceRelease
+from deploy_runs.prefect_compat.resend import write_labels
 
 LABEL = "deploy-runs"
 RUN_TAG = "deploy-runs"

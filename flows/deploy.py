@@ -23,12 +23,12 @@ from deploy_runs.concurrency import SlotRefused, app_slot
 from deploy_runs.controls import Checkpoint, StopWatcher
 from deploy_runs.models import Failure
 from deploy_runs.outcome import RunOutcome
+from deploy_runs.prefect_compat.tls import share_tls_context
 from deploy_runs.record import RunRecorder, failure_from_exception
 from deploy_runs.status import SKIPPED_STATE_NAME, RunStatus
 from deploy_runs.steps import PIPELINE, PLANNED_STEPS, DeployContext
-from deploy_runs.tlscontext import share_tls_context
 
-# the run's process makes several API clients: one TLS context for all (deploy_runs/tlscontext.py)
+# the run's process makes several API clients: one TLS context for all (deploy_runs/prefect_compat/tls.py)
 share_tls_context()
 
 DEFAULT_PAUSE_TIMEOUT = 3600.0

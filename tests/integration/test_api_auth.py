@@ -35,8 +35,8 @@ from prefect.settings import (
 from blocks import SSHServer
 from deploy_runs import DeployRuns, RunStatus
 from deploy_runs.prefect_local import healthy, start_server, start_worker, stop
+from deploy_runs.prefect_server import basic_authorization
 from deploy_runs.sandbox_blocks import save_server_blocks
-from deploy_runs.server import basic_authorization
 
 from .conftest import free_port, http_get, wait_for
 
@@ -271,7 +271,7 @@ def test_the_server_refuses_all_addresses_without_an_auth_string(tmp_path):
     port = free_port()
     env = {**ENV_WITHOUT_AUTH, "PREFECT_HOME": str(tmp_path / "home")}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "deploy_runs.server", "--host", "0.0.0.0",
+    done = subprocess.run([sys.executable, "-m", "deploy_runs.prefect_server", "--host", "0.0.0.0",
                            "--port", str(port)], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2, (done.stdout, done.stderr)

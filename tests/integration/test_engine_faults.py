@@ -35,8 +35,8 @@ from deploy_runs import (
     WaitTimeout,
     sandbox,
 )
-from deploy_runs.api import write_labels
 from deploy_runs.concurrency import HELD, LEASE_LABEL, SLOT_LABEL, limit_name
+from deploy_runs.prefect_compat.resend import write_labels
 from deploy_runs.prefect_local import healthy, start_server, start_worker, stop
 from deploy_runs.sandbox_blocks import save_server_blocks
 

@@ -1,4 +1,4 @@
-"""Where the local server may listen, and who may use it (deploy_runs/server.py): beyond
+"""Where the local server may listen, and who may use it (deploy_runs/prefect_server.py): beyond
 loopback only with Prefect's API auth string; CSRF on and CORS from its own UI by default."""
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from prefect.settings import (
 )
 
 from deploy_runs.errors import DeployRunsError
+from deploy_runs.prefect_compat.busy_sqlite import BUSY_BODY, RetryWhenBusy
 from deploy_runs.prefect_local import api_url
-from deploy_runs.server import (
-    BUSY_BODY,
-    RetryWhenBusy,
+from deploy_runs.prefect_server import (
     UnprotectedAPI,
     basic_authorization,
     check_bind,

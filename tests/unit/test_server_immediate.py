@@ -1,5 +1,6 @@
 """The local server begins the transactions of read-then-write requests IMMEDIATE on SQLite
-(deploy_runs/server.py): such a request waits for the write lock instead of failing busy."""
+(deploy_runs/prefect_compat/busy_sqlite.py): such a request waits for the write lock instead of
+failing busy."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import pytest
 import sqlalchemy
 from prefect.server.database.configurations import SQLITE_BEGIN_MODE
 
-from deploy_runs.server import _BEGIN_IMMEDIATE, RetryWhenBusy, begins_immediate, sqlite_configuration
+from deploy_runs.prefect_compat.busy_sqlite import (
+    _BEGIN_IMMEDIATE,
+    RetryWhenBusy,
+    begins_immediate,
+    sqlite_configuration,
+)
 
 
 @pytest.mark.parametrize(("method", "path", "immediate"), [
@@ -65,7 +71,7 @@ def test_the_server_app_uses_the_configuration_on_sqlite(tmp_path):
     from prefect.server.database.dependencies import provide_database_interface, set_database_config
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, temporary_settings
 
-    from deploy_runs.server import create_app
+    from deploy_runs.prefect_server import create_app
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
     try:

@@ -1,4 +1,5 @@
-"""The local server's retry of busy-store answers (deploy_runs/server.py), on plain ASGI apps."""
+"""The local server's retry of busy-store answers and its 503 for a database away
+(deploy_runs/prefect_compat/busy_sqlite.py, database_away.py), on plain ASGI apps."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 import pytest
 import sqlalchemy.exc
 
-from deploy_runs.server import BUSY_BODY, RetryWhenBusy, waits
+from deploy_runs.prefect_compat.busy_sqlite import BUSY_BODY, RetryWhenBusy, waits
 
 BUSY = json.dumps(BUSY_BODY).encode()
 
@@ -181,7 +182,7 @@ def test_lifespan_and_websockets_pass_through():
     assert seen == ["lifespan", "websocket"]
 
 
-# A database that does not answer (deploy_runs.server.AnswerDatabaseAway) -------------------
+# A database that does not answer (prefect_compat.database_away) ---------------------------
 
 def raising_after(status: int | None, error: Exception):
     """An app that (like Starlette's ServerErrorMiddleware) answers `status`, then raises."""
@@ -196,7 +197,7 @@ def raising_after(status: int | None, error: Exception):
 @pytest.mark.parametrize("error", [ConnectionRefusedError(111, "Connection refused"),
                                    TimeoutError("connect timed out")])
 def test_a_database_that_does_not_answer_is_answered_503_try_again(error):
-    from deploy_runs.server import AnswerDatabaseAway, database_away_is_retryable
+    from deploy_runs.prefect_compat.database_away import AnswerDatabaseAway, database_away_is_retryable
 
     database_away_is_retryable()
     sent, _ = call(AnswerDatabaseAway(raising_after(500, error)))
@@ -208,7 +209,7 @@ def test_a_database_that_does_not_answer_is_answered_503_try_again(error):
 
 
 def test_other_errors_keep_their_500_and_are_raised():
-    from deploy_runs.server import AnswerDatabaseAway
+    from deploy_runs.prefect_compat.database_away import AnswerDatabaseAway
 
     with pytest.raises(ZeroDivisionError):
         call(AnswerDatabaseAway(raising_after(500, ZeroDivisionError())))
@@ -219,7 +220,7 @@ def test_other_errors_keep_their_500_and_are_raised():
 
 
 def test_an_answer_already_sent_is_not_changed():
-    from deploy_runs.server import AnswerDatabaseAway
+    from deploy_runs.prefect_compat.database_away import AnswerDatabaseAway
 
     sent: list[dict] = []
     with pytest.raises(ConnectionRefusedError):

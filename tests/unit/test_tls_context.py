@@ -13,7 +13,7 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from deploy_runs.tlscontext import share_tls_context
+from deploy_runs.prefect_compat.tls import share_tls_context
 
 API = "https://prefect.invalid/api"  # never contacted: clients are only made
 

@@ -9,7 +9,7 @@ from uuid import uuid4
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deploy_runs.worker import PRELOAD, WarmProcessWorker, WarmStarter
+from deploy_runs.prefect_compat.warm_worker import PRELOAD, WarmProcessWorker, WarmStarter
 
 
 def test_the_run_environment_has_the_run_id_control_channel_and_the_job_env_over_settings():
@@ -47,7 +47,7 @@ def test_the_worker_serves_process_pools_without_replacing_prefects_process_work
 
 
 def test_only_flows_of_preloaded_modules_by_module_path_start_warm():
-    from deploy_runs.worker import preloaded_entrypoint
+    from deploy_runs.prefect_compat.warm_worker import preloaded_entrypoint
 
     assert preloaded_entrypoint("flows.deploy.deploy_app")
     assert preloaded_entrypoint("flows.deploy:deploy_app")
@@ -57,7 +57,7 @@ def test_only_flows_of_preloaded_modules_by_module_path_start_warm():
 
 
 def test_job_env_read_only_at_interpreter_start_sends_the_run_the_stock_way():
-    from deploy_runs.worker import _read_at_start
+    from deploy_runs.prefect_compat.warm_worker import _read_at_start
 
     assert _read_at_start("PYTHONPATH") and _read_at_start("LD_PRELOAD") and _read_at_start("TZ")
     assert not _read_at_start("PREFECT_API_URL") and not _read_at_start("APP_MODE")
@@ -67,7 +67,7 @@ def test_the_job_remembers_its_deployment_entrypoint_and_warm_start_follows_it()
     from prefect.client.schemas.objects import FlowRun
     from prefect.client.schemas.responses import DeploymentResponse
 
-    from deploy_runs.worker import WarmJobConfiguration
+    from deploy_runs.prefect_compat.warm_worker import WarmJobConfiguration
 
     def job(entrypoint: str, env: dict[str, str] | None = None) -> WarmJobConfiguration:
         configuration = WarmJobConfiguration(env=env or {})

@@ -55,8 +55,8 @@ if TYPE_CHECKING:
     from prefect.runner._control_channel import ControlChannel
 
 # Imported once by the fork server; each run's process starts with them in memory.
-PRELOAD = ["deploy_runs._forkserver", "deploy_runs.worker", "prefect.engine",
-           "prefect.flow_engine", "flows.deploy"]
+PRELOAD = ["deploy_runs.prefect_compat.forkserver", "deploy_runs.prefect_compat.warm_worker",
+           "prefect.engine", "prefect.flow_engine", "flows.deploy"]
 
 _context: multiprocessing.context.ForkServerContext | None = None
 
@@ -84,7 +84,7 @@ def _nothing() -> None:
 def run_engine(env: dict[str, str], cwd: str) -> None:
     """A run's process (forked from the fork server): take the run's environment, then run
     Prefect's engine entry point as `python -m prefect.engine` would."""
-    # SIGTERM as a new process has it (the fork server ignores it: deploy_runs._forkserver)
+    # SIGTERM as a new process has it (the fork server ignores it: deploy_runs.prefect_compat.forkserver)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Its own process group, as Prefect gives a run's process: cancelling the run signals the
     # group, and a signal to the worker's group does not reach the run directly.
@@ -279,7 +279,7 @@ async def detach(ctx: FlowRunExecutorContext, flow_run: FlowRun) -> None:
     for child in multiprocessing.active_children():
         if handle is not None and child.pid == handle.pid:
             multiprocessing.process._children.discard(child)  # type: ignore[attr-defined]
-    get_logger("deploy_runs.worker").info(
+    get_logger("deploy_runs.prefect_compat.warm_worker").info(
         "The worker is stopping; flow run %s goes on without it (PID %s).", flow_run.id,
         handle.pid if handle is not None else "?")
 

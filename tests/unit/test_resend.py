@@ -13,7 +13,7 @@ from uuid import uuid4
 import pytest
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 
-from deploy_runs.api import (
+from deploy_runs.prefect_compat.resend import (
     FIRST_WAIT,
     LONGEST_WAIT,
     asend,
