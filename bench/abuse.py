@@ -49,7 +49,7 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        from deploy_runs.steplog import log_backlog
+        from deploy_runs.prefect_compat.log_delivery import log_backlog
 
         self.backlog = 0
         while not self._stop.wait(0.05):

@@ -287,16 +287,6 @@ class Application(Block):
             _check_env({k: str(v) for k, v in values.items()})
         return self
 
-    def all_servers(self) -> list[SSHServer]:
-        """`server` and the `more_servers` blocks (loaded), in deploy order."""
-        servers = [self.server]
-        for name in self.more_servers:
-            try:
-                servers.append(SSHServer.load(name, _sync=True))  # also from the flow
-            except ValueError:
-                raise ValueError(f"more_servers: no SSH server block named {name!r}") from None
-        return servers
-
     def secrets_digest(self, service: str) -> str:
         """A keyed hash (HMAC-SHA256) of a service's secret values: equal while they are,
         and no help to someone guessing them without the key (`config_key`)."""

@@ -1,7 +1,7 @@
 """Run history: listing with filters, comparing two runs, statistics, recurring failures and
-log search. The server filters, sorts and pages (tags, state types, time windows; the UI's
-light `/ui/flow_runs/history` rows for statistics); the client only does what Prefect cannot
-(medians, grouping by failure signature, line-level matching).
+log search. The server filters, sorts and pages (tags, state types, time windows; light rows
+of the UI's run-history endpoint, `prefect_compat.ui_history`, for statistics); the client
+only does what Prefect cannot (medians, grouping by failure signature, line-level matching).
 
 The pure parts (`stats_from_rows`, `config_diff`, `first_divergence`, `group_failures`) are
 unit-tested without a server.
@@ -53,6 +53,7 @@ from deploy_runs.models import (
     StepComparison,
     Trend,
 )
+from deploy_runs.prefect_compat.ui_history import flow_run_history
 from deploy_runs.record import (
     FAILURE_LEVEL,
     FAILURE_LOGGER,
@@ -131,14 +132,10 @@ async def history_rows(client: PrefectClient, flow_runs: FlowRunFilter) -> list[
     """Light rows (id, state, start, run time) of every matching run, oldest first."""
 
     async def fetch(limit: int, offset: int) -> list[Row]:
-        response = await client._client.post("/ui/flow_runs/history", json={
-            "sort": FlowRunSort.EXPECTED_START_TIME_ASC.value, "limit": limit, "offset": offset,
-            "flow_runs": flow_runs.model_dump(mode="json", exclude_unset=True),
-        })
-        response.raise_for_status()
+        rows = await flow_run_history(client, flow_runs, limit, offset)
         return [Row(UUID(r["id"]), StateType(r["state_type"]),
                     datetime.fromisoformat(r["timestamp"]), _seconds(r["duration"]))
-                for r in response.json()]
+                for r in rows]
 
     return await _pages(fetch)
 

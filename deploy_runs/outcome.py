@@ -8,12 +8,12 @@ import logging
 from datetime import UTC, datetime
 from uuid import UUID
 
-from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import State
 
 from deploy_runs.diagnosis import FailureContext, seen_before, signature, suggest
 from deploy_runs.models import Failure, Run, Step
+from deploy_runs.prefect_compat.sync_calls import markdown_artifact
 from deploy_runs.record import RunRecorder
 from deploy_runs.status import RunStatus, StepStatus, step_status
 from deploy_runs.steps import PLANNED_STEPS
@@ -81,8 +81,7 @@ class RunOutcome:
                   duration=round((ended - self.started).total_seconds(), 3), message=message,
                   error=failure, services=list(ctx.merged_releases().values()))
         try:
-            create_markdown_artifact(markdown=summary_markdown(run), key=artifact_key(self.app),
-                                     description=f"deploy-runs: {self.app} {status}",
-                                     _sync=True)  # called in the async flow's step thread
+            markdown_artifact(summary_markdown(run), key=artifact_key(self.app),
+                              description=f"deploy-runs: {self.app} {status}")
         except Exception as exc:
             logger.warning("could not write the run summary artifact: %s", exc)

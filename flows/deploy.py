@@ -23,10 +23,12 @@ from deploy_runs.concurrency import SlotRefused, app_slot
 from deploy_runs.controls import Checkpoint, StopWatcher
 from deploy_runs.models import Failure
 from deploy_runs.outcome import RunOutcome
+from deploy_runs.prefect_compat.sync_calls import load_block, state_result
 from deploy_runs.prefect_compat.tls import share_tls_context
 from deploy_runs.record import RunRecorder, failure_from_exception
 from deploy_runs.status import SKIPPED_STATE_NAME, RunStatus
 from deploy_runs.steps import PIPELINE, PLANNED_STEPS, DeployContext
+from deploy_runs.steps.context import servers_of
 
 # the run's process makes several API clients: one TLS context for all (deploy_runs/prefect_compat/tls.py)
 share_tls_context()
@@ -77,8 +79,7 @@ def _deploy(app: str, ref: str | None, pause_timeout: float, retry_of: str | Non
         check_ref(ref)
     flow_run = get_run_context().flow_run
     logger = get_run_logger()
-    # _sync: in this thread Prefect would take the async flow's context for an event loop
-    application = Application.load(app, _sync=True)
+    application = load_block(Application, app)
     record = RunRecorder(flow_run.id)
     record.begin(application, ref, list(flow_run.tags), flow_run.deployment_id is not None)
     ctx = DeployContext(run_id=flow_run.id, app=application, ref=ref)
@@ -98,7 +99,7 @@ def _deploy(app: str, ref: str | None, pause_timeout: float, retry_of: str | Non
         return state
 
     try:
-        ctx.servers = application.all_servers()
+        ctx.servers = servers_of(application)
     except ValueError as exc:
         failure = outcome.explain(Failure(step=PLANNED_STEPS[0], message=str(exc)), ctx, record)
         return end(RunStatus.FAILED, Failed(message=f"{PLANNED_STEPS[0]}: {exc}"), failure)
@@ -148,7 +149,7 @@ def _deploy(app: str, ref: str | None, pause_timeout: float, retry_of: str | Non
             if state.is_failed() or state.is_crashed():
                 failure = outcome.explain(
                     failure_from_exception(step.name,
-                                           state.result(raise_on_failure=False, _sync=True)),
+                                           state_result(state)),
                     ctx, record)
                 return end(RunStatus.FAILED,
                            Failed(message=f"{step.name} failed: {failure.message}"), failure)

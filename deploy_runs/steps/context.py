@@ -16,7 +16,19 @@ from deploy_runs.commands import AppLayout
 from deploy_runs.errors import StepStopped, StepTimedOut
 from deploy_runs.hostkeys import pin_first_seen_key
 from deploy_runs.models import ServiceRelease
+from deploy_runs.prefect_compat.sync_calls import load_block
 from deploy_runs.remote import RemoteHost, ServerAddress
+
+
+def servers_of(app: Application) -> list[SSHServer]:
+    """The app's `server` and its `more_servers` blocks (loaded), in deploy order."""
+    servers = [app.server]
+    for name in app.more_servers:
+        try:
+            servers.append(load_block(SSHServer, name))
+        except ValueError:
+            raise ValueError(f"more_servers: no SSH server block named {name!r}") from None
+    return servers
 
 
 @dataclass

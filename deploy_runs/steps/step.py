@@ -16,9 +16,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from deploy_runs.errors import RemoteError, StepFailed
+from deploy_runs.prefect_compat.log_delivery import flush_step_logs
 from deploy_runs.record import failure_from_exception
 from deploy_runs.status import SKIPPED_STATE_NAME
-from deploy_runs.steplog import StepLog, begin_log_budget, end_log_budget, flush_step_logs
+from deploy_runs.steplog import StepLog, begin_log_budget, end_log_budget
 from deploy_runs.steps.context import DeployContext
 
 

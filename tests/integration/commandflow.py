@@ -14,8 +14,9 @@ from prefect.events.worker import EventsWorker
 
 from blocks import SSHServer
 from deploy_runs.commands import cmd
+from deploy_runs.prefect_compat.log_delivery import flush_step_logs
 from deploy_runs.remote import RemoteHost, ServerAddress
-from deploy_runs.steplog import StepLog, begin_log_budget, end_log_budget, flush_step_logs
+from deploy_runs.steplog import StepLog, begin_log_budget, end_log_budget
 
 STEP = "Build images"
 

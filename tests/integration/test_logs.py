@@ -22,7 +22,7 @@ from prefect.client.schemas.filters import (
 
 from deploy_runs import RunStatus, StepStatus
 from deploy_runs.diagnosis import diagnose
-from deploy_runs.steplog import MAX_BACKLOG, log_backlog
+from deploy_runs.prefect_compat.log_delivery import MAX_BACKLOG, log_backlog
 
 from .commandflow import log_flush, run_log_cases
 from .conftest import wait_for

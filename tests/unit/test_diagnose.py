@@ -267,7 +267,7 @@ def test_a_failed_command_is_headed_by_its_cause_not_its_exit_code():
 def test_a_failed_step_log_line_carries_no_empty_traceback():
     import logging
 
-    from deploy_runs.steplog import _NoEmptyTraceback
+    from deploy_runs.prefect_compat.log_delivery import _NoEmptyTraceback
 
     record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1,
                                "Task run failed with state: Failed('x')", None,

@@ -7,7 +7,7 @@ import logging
 
 from prefect.types._datetime import from_timestamp
 
-from deploy_runs.steplog import _StrictlyIncreasingTime
+from deploy_runs.prefect_compat.log_delivery import _StrictlyIncreasingTime
 
 
 def stamped(created: list[float]) -> list:
