@@ -11,7 +11,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install venv demo test unit lint bench clean-local
+# The oldest Prefect the pin in pyproject.toml allows (`prefect>=3.9,<3.10`); `make test` takes
+# the newest. `make unit-oldest` runs the unit tests (the seam's among them) against the oldest.
+PREFECT_OLDEST ?= 3.9.0
+OLDEST ?= .venv-oldest
+
+.PHONY: install venv demo test unit unit-oldest lint bench clean-local
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { \
@@ -34,6 +39,12 @@ test: install
 
 unit:
 	$(PY) -m pytest tests/unit
+
+unit-oldest: $(PY)
+	test -x $(OLDEST)/bin/python || $(PY) -m venv $(OLDEST) || $(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --disable-pip-version-check -e . \
+	  'prefect==$(PREFECT_OLDEST)' 'pytest>=8' 'pytest-timeout>=2.3'
+	$(OLDEST)/bin/python -m pytest tests/unit
 
 bench: install
 	cd bench && ../$(PY) deploy.py && ../$(PY) controls.py && ../$(PY) logs.py && ../$(PY) redeploy.py && ../$(PY) scale.py && ../$(PY) abuse.py && ../$(PY) faults.py

@@ -69,3 +69,16 @@ def test_the_check_finds_what_it_looks_for(tmp_path):
     finally:
         sample.unlink()
     assert len(found) == 5, found
+
+
+def test_ci_runs_the_unit_tests_on_the_oldest_prefect_the_pin_allows():
+    import re
+    import tomllib
+
+    pin = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+               ["dependencies"] if d.startswith("prefect"))
+    lowest = re.search(r">=\s*([\d.]+)", pin).group(1)
+    oldest = re.search(r"^PREFECT_OLDEST \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert oldest and tuple(map(int, oldest.group(1).split("."))) == \
+        tuple(map(int, (lowest + ".0.0").split(".")[:3])), (pin, oldest)
+    assert "make unit-oldest" in (ROOT / ".ci" / "run").read_text()
