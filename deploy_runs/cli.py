@@ -7,23 +7,21 @@ import functools
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import httpx
 import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
 from deploy_runs.errors import DeployRunsError
-from deploy_runs.logs import LogLine
-from deploy_runs.models import Run
 from deploy_runs.safetext import safe_terminal
 from deploy_runs.status import RunStatus
 from deploy_runs.view import (
@@ -38,6 +36,10 @@ from deploy_runs.view import (
     step_header,
 )
 
+if TYPE_CHECKING:  # annotations only: --help imports no Prefect, no models
+    from deploy_runs.logs import LogLine
+    from deploy_runs.models import Run
+
 app = typer.Typer(name="deploy-runs", no_args_is_help=True, rich_markup_mode="rich",
                   help="Deploy applications over SSH and Docker; every deploy is a Prefect run.")
 apps_app = typer.Typer(no_args_is_help=True, help="Register and list applications.")
@@ -50,6 +52,22 @@ app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(prefect_app, name="prefect")
 
 console = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"deploy-runs {version('deploy-runs')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Deploy applications over SSH and Docker; every deploy is a Prefect run."""
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,7 +79,9 @@ def friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (DeployRunsError, httpx.TransportError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, DeployRunsError) and not _transport_error(exc):
+                raise
             exc = _api_unavailable(exc) or exc
             # its text may hold a server's or a repository's words: shown as text, never markup
             err.print(Text.assemble(("error: ", "red"), safe_terminal(str(exc), keep_newlines=True)),
@@ -69,6 +89,12 @@ def friendly(fn: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _transport_error(exc: BaseException) -> bool:
+    """An httpx connection error (imported only by commands that talk to the API)."""
+    httpx = sys.modules.get("httpx")
+    return httpx is not None and isinstance(exc, httpx.TransportError)
 
 
 def _api_unavailable(exc: BaseException) -> DeployRunsError | None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from prefect.client.schemas.objects import StateType
+if TYPE_CHECKING:  # imported by the adapter when it runs: the CLI's --help needs no Prefect
+    from prefect.client.schemas.objects import StateType
 
 
 class RunStatus(StrEnum):
@@ -74,6 +76,8 @@ def run_status(state_type: StateType | str | None, state_name: str | None,
     `step_started` says whether any step of the run has a task run yet: a flow run that is
     RUNNING but still before its first step is only Started.
     """
+    from prefect.client.schemas.objects import StateType
+
     kind = StateType(state_type) if state_type is not None else StateType.SCHEDULED
     if kind in (StateType.SCHEDULED, StateType.PENDING):
         if kind is StateType.SCHEDULED and state_name == "Resuming":
@@ -100,6 +104,8 @@ class StepView:
 def step_status(state_type: StateType | str | None, state_name: str | None,
                 state_message: str | None, run: RunStatus) -> StepView:
     """Map one planned step (its task run's state, or None when it has none) to the vocabulary."""
+    from prefect.client.schemas.objects import StateType
+
     if state_type is None:
         return StepView(StepStatus.SKIPPED if run.is_final else StepStatus.PENDING)
     kind = StateType(state_type)

@@ -8,6 +8,7 @@ rich only as `Text`, never as a string rich would read as markup (`[bold]`, `:em
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -15,10 +16,12 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from deploy_runs.logs import LogLine
-from deploy_runs.models import LogMatch, RecurringFailure, Run, RunComparison, RunStats
 from deploy_runs.safetext import safe_terminal
 from deploy_runs.status import RUN_INDICATORS, STEP_INDICATORS, Indicator, RunStatus, StepStatus
+
+if TYPE_CHECKING:  # annotations only: the CLI's --help imports this module
+    from deploy_runs.logs import LogLine
+    from deploy_runs.models import LogMatch, RecurringFailure, Run, RunComparison, RunStats
 
 _COLOURS = {"gray": "grey58", "blue": "dodger_blue1", "green": "green3", "red": "red3",
             "yellow": "yellow3"}

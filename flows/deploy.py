@@ -24,14 +24,11 @@ from deploy_runs.controls import Checkpoint, StopWatcher
 from deploy_runs.models import Failure
 from deploy_runs.outcome import RunOutcome
 from deploy_runs.prefect_compat.sync_calls import load_block, state_result
-from deploy_runs.prefect_compat.tls import share_tls_context
+from deploy_runs.prefect_compat.tls import share_tls_context_in_run_process
 from deploy_runs.record import RunRecorder, failure_from_exception
 from deploy_runs.status import SKIPPED_STATE_NAME, RunStatus
 from deploy_runs.steps import PIPELINE, PLANNED_STEPS, DeployContext
 from deploy_runs.steps.context import servers_of
-
-# the run's process makes several API clients: one TLS context for all (deploy_runs/prefect_compat/tls.py)
-share_tls_context()
 
 DEFAULT_PAUSE_TIMEOUT = 3600.0
 
@@ -54,6 +51,9 @@ async def deploy_app(app: str, ref: str | None = None,
 
     In Python: `asyncio.run(deploy_app("shop"))`, or `run_in_process("shop")`.
     """
+    # a worker's run process makes several API clients: one TLS context for all (not in a
+    # process that calls the flow itself: its own clients may need contexts of their own)
+    share_tls_context_in_run_process()
     # The steps are synchronous (SSH, Prefect's sync client) and run in a thread of their own
     # (with the run's context). The flow is async because Prefect's sync engine ends each run
     # by joining its heartbeat thread, which sleeps in whole seconds: every run took up to a

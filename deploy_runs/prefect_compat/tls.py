@@ -13,14 +13,17 @@ A context is the part of TLS meant to be shared by connections (settings and tru
 certificates), and Prefect does not change a verified context after making it. Any other
 context Prefect asks for (the unverified one of `PREFECT_API_TLS_INSECURE_SKIP_VERIFY`, which
 it does change) is made anew each time, as before. A CA file changed on disk is read again by
-the next process, not by this one. Applied in a deploy run's process only (`flows/deploy.py`),
-where every client is Prefect's: a client made with its own settings (e.g. a client
-certificate, which httpx loads into the context it is given) must not share the context.
+the next process, not by this one. Applied in a worker's flow-run process only, where every
+client is Prefect's: by the warm worker before Prefect's engine starts, by the deploy flow
+when it starts in a stock worker's process (never on import, never in a user's process): a
+client made with its own settings (e.g. a client certificate, which httpx loads into the
+context it is given) must not share the context.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import ssl
 import types
 
@@ -45,6 +48,13 @@ class _SharedContextSSL(types.ModuleType):
 
     def __getattr__(self, name: str) -> object:
         return getattr(ssl, name)
+
+
+def share_tls_context_in_run_process() -> None:
+    """`share_tls_context()` in a flow-run process a worker started (Prefect's engine entry
+    point, which reads the run's id from PREFECT__FLOW_RUN_ID); nothing in any other process."""
+    if os.environ.get("PREFECT__FLOW_RUN_ID"):
+        share_tls_context()
 
 
 def share_tls_context() -> None:

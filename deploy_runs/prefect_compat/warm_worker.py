@@ -49,6 +49,8 @@ from prefect.workers.process import (
 )
 from pydantic import PrivateAttr
 
+from deploy_runs.prefect_compat.tls import share_tls_context
+
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
     from prefect.client.schemas.responses import DeploymentResponse
@@ -101,6 +103,7 @@ def run_engine(env: dict[str, str], cwd: str) -> None:
     refresh_global_settings_context()
     setup_logging(incremental=False)
     sys.argv = sys.argv[:1]  # the engine reads the run id from PREFECT__FLOW_RUN_ID
+    share_tls_context()  # before the engine makes its first API client (see tls.py)
     try:
         with warnings.catch_warnings():
             # runpy warns that prefect.engine is already imported: that is the point here

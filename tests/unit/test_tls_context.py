@@ -55,3 +55,30 @@ def test_sharing_twice_changes_nothing():
     share_tls_context()
     assert orchestration.ssl is before
     assert orchestration.ssl.SSLContext is ssl.SSLContext  # the rest of `ssl` as it is
+
+
+def test_importing_the_flow_changes_nothing_in_the_importing_process():
+    """Only a worker's run process shares the context: importing flows.deploy (as spec.py and
+    users' code do) leaves Prefect's clients as they are."""
+    import subprocess
+    import sys
+
+    code = ("import flows.deploy, prefect.client.orchestration as o, ssl; "
+            "print(o.ssl is ssl)")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PREFECT__FLOW_RUN_ID"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.stdout.strip() == "True", done.stderr
+
+
+def test_the_cli_answers_help_and_version_without_importing_prefect():
+    import subprocess
+    import sys
+
+    code = ("import sys, deploy_runs.cli as cli\n"
+            "for args in (['--help'], ['--version'], ['runs', '--help']):\n"
+            "    try:\n        cli.app(args)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'httpx')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-2000:] + done.stderr
