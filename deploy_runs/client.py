@@ -13,8 +13,8 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
@@ -53,26 +53,18 @@ from deploy_runs.logs import LogLine, alogs, logs_sync
 from deploy_runs.models import Failure, LogMatch, RecurringFailure, Run, RunComparison, RunStats
 from deploy_runs.prefect_compat.resend import arequest, awrite_labels
 from deploy_runs.record import FAILURE_KEY, RUN_TAG, app_tag, trigger_tag
-from deploy_runs.runs import DEPLOY_FLOW, NO_WORKER_SECONDS, overdue, run_from_prefect, waiting_reason
+from deploy_runs.runs import (
+    DEPLOY_FLOW,
+    NO_WORKER_SECONDS,
+    finished,
+    overdue,
+    read_finished,
+    run_from_prefect,
+    waiting_reason,
+)
 from deploy_runs.status import RunStatus
 
 T = TypeVar("T")
-SETTLE_SECONDS = 20.0
-RECORDING_SECONDS = 3.0
-
-
-async def read_recorded(read: Callable[[], Awaitable[Run]], patience: float = RECORDING_SECONDS,
-                        interval: float = 0.05) -> Run:
-    """`read()` the run, again while it has just ended (within `patience` seconds, by its end
-    time and by this clock) and Prefect has not recorded all of its steps yet."""
-    deadline = time.monotonic() + patience
-    while True:
-        run = await read()
-        recent = run.ended_at is not None and \
-            datetime.now(UTC) - run.ended_at < timedelta(seconds=patience)
-        if run.settled or not run.status.is_final or not recent or time.monotonic() > deadline:
-            return run
-        await asyncio.sleep(interval)
 
 
 def deployment_name(app: str) -> str:
@@ -158,24 +150,20 @@ class AsyncDeployRuns:
 
     async def get_run(self, run_id: UUID | str) -> Run:
         """The run as recorded. One that ended a moment ago is read again until Prefect has
-        recorded its steps' last states (they trail the run's own), for up to
-        RECORDING_SECONDS: read before, a step that ran could show as not run."""
+        recorded its steps' last states (they trail the run's own: `runs.read_finished`):
+        read before, a step that ran could show as not run."""
         async with get_client() as client:
-            return await read_recorded(lambda: self._read_run(client, run_id))
+            return await read_finished(lambda: self._read_run(client, run_id))
 
     async def wait(self, run_id: UUID | str, timeout: float = 600.0,
                    poll_interval: float = 0.5) -> Run:
         """Wait until the run has ended (Completed, Failed or Stopped) and return it."""
         deadline = time.monotonic() + timeout
-        settle_by = None
         async with get_client() as client:  # one client for every look (and no nested wait)
             while True:
                 run = await self._read_run(client, run_id)
                 if run.status.is_final:
-                    # Give Prefect a moment to record the last step's final state.
-                    settle_by = settle_by or time.monotonic() + SETTLE_SECONDS
-                    if run.settled or time.monotonic() > settle_by:
-                        return run
+                    return await read_finished(lambda: self._read_run(client, run_id))
                 if time.monotonic() > deadline:
                     raise WaitTimeout(f"run {run.id} is still {run.status} after {timeout:g}s")
                 await asyncio.sleep(poll_interval)
@@ -297,8 +285,10 @@ class AsyncDeployRuns:
             flow_run = await self._read_flow_run(client, _run_id(run_id))
 
             async def ended() -> bool:
-                state = (await client.read_flow_run(flow_run.id)).state
-                return bool(state and state.is_final())
+                fresh = await client.read_flow_run(flow_run.id)
+                if not (fresh.state and fresh.state.is_final()):
+                    return False
+                return finished((await self._assemble(client, [fresh]))[0])
 
             async for line in alogs(client, flow_run.id, step, follow, ended):
                 yield line
@@ -452,8 +442,12 @@ class DeployRuns:
         with get_client(sync_client=True) as client:
 
             def ended() -> bool:
-                state = client.read_flow_run(run.id).state
-                return bool(state and state.is_final())
+                fresh = client.read_flow_run(run.id)
+                if not (fresh.state and fresh.state.is_final()):
+                    return False
+                return finished(run_from_prefect(fresh, client.read_task_runs(
+                    task_run_filter=TaskRunFilter(
+                        flow_run_id=TaskRunFilterFlowRunId(any_=[run.id])))))
 
             yield from logs_sync(client, run.id, step, follow, ended)
 

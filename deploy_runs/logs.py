@@ -35,7 +35,9 @@ from deploy_runs.steplog import COMMAND_LOGGER, PART_SUFFIX, STREAM_LOGGERS
 PAGE_SIZES = (1000, 200)  # a server's limit may be lower than ours: fall back to Prefect's default
 FOLLOW_POLL = 0.05
 RUN_CHECK = 0.5  # seconds between checks whether a followed run has ended
-SETTLE = 1.0  # seconds a follower keeps reading after the run ended
+# Prefect logs "Finished in state ..." after the run's final state: a follower reads on this
+# long after the run has finished (runs.finished: the one rule), until a poll brings nothing
+TRAIL_SECONDS = 1.0
 # A follower whose API stops answering (its server restarting) asks again every FOLLOW_RETRY
 # seconds, for FOLLOW_OUTAGE seconds in all, and resumes where it was.
 FOLLOW_RETRY = 1.0
@@ -145,7 +147,8 @@ class _Pager:
 
 
 class _Follow:
-    """When a follower may stop: the run has ended and the last records have arrived."""
+    """When a follower may stop: the run has finished (`runs.finished`, told by the caller's
+    `run_ended`) and the last records have arrived."""
 
     def __init__(self, follow: bool) -> None:
         self.follow = follow
@@ -185,7 +188,7 @@ class _Follow:
         if self.ended_at is None:
             self.ended_at = now
         # Records still in the flow process's send queue arrive shortly after the run ends.
-        return not got_new and now - self.ended_at >= SETTLE
+        return not got_new and now - self.ended_at >= TRAIL_SECONDS
 
 
 # Async ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field
 
 from deploy_runs.status import RunStatus, StepStatus
 
@@ -103,13 +103,10 @@ class Run(BaseModel):
                           "worker serves its work pool (since when one last asked for runs, "
                           "and how to start one), or the pool is paused.")
 
-    # False while Prefect has not yet recorded the final state of a step that ran (task-run
-    # states are written asynchronously, so they can trail the flow run's final state).
-    _settled: bool = PrivateAttr(default=True)
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
+    settled: bool = Field(
+        True, description="Whether Prefect has recorded every step's state for good: False "
+                          "while a step runs, and for a moment after the run ended (task-run "
+                          "states trail the run's own). The rule: deploy_runs.runs.settled.")
 
     def step(self, name: str) -> Step:
         for step in self.steps:

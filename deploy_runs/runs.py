@@ -3,7 +3,9 @@ in the product's vocabulary (every planned step listed, in order, Pending ones t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
@@ -74,16 +76,49 @@ def run_from_prefect(flow_run: FlowRun, task_runs: Sequence[TaskRun],
         error=failure,
         services=services_from_labels(labels),
     )
-    # Prefect records task runs from events, a little after the flow's own state: a run is
-    # settled once no step is still Running/Pending or without a recorded state yet (a task
-    # run can be read between its row and its state being written: it would show Skipped) and
-    # - when it completed, so every step ran or was skipped - every step's task run has
-    # arrived (under load this takes seconds)
-    run._settled = not any(t.state is None or t.state.type in (StateType.RUNNING,
-                                                               StateType.PENDING)
-                           for t in by_step.values()) and (
-        status is not RunStatus.COMPLETED or all(name in by_step for name in PLANNED_STEPS))
+    run.settled = settled(status, by_step)
     return run
+
+
+# Whether a run is recorded for good: the one rule and the one wait, used by every reader
+# (get_run, wait, the log followers, the CLI's views) ---------------------------------------
+
+# How long after a run's end its steps' states may still be arriving (Prefect records task runs
+# from events, a little after the flow run's own state; under load this takes seconds). A run
+# that ended longer ago is taken as it is: a step whose process died is never recorded.
+SETTLE_SECONDS = 10.0
+
+
+def settled(status: RunStatus, by_step: dict[str, TaskRun]) -> bool:
+    """Whether no step's state can still change (pure): no step is Running or Pending, or
+    without a recorded state yet (a task run can be read between its row and its state being
+    written: it would show Skipped), and - when the run completed, so every step ran or was
+    skipped - every step's task run has arrived."""
+    return not any(t.state is None or t.state.type in (StateType.RUNNING, StateType.PENDING)
+                   for t in by_step.values()) and (
+        status is not RunStatus.COMPLETED or all(name in by_step for name in PLANNED_STEPS))
+
+
+def finished(run: Run, now: datetime | None = None) -> bool:
+    """Whether `run` has ended and will read the same from now on (pure): every step is
+    recorded (`settled`), or the run ended more than SETTLE_SECONDS ago."""
+    if not run.status.is_final:
+        return False
+    now = now or datetime.now(UTC)
+    return run.settled or run.ended_at is None or \
+        (now - run.ended_at).total_seconds() > SETTLE_SECONDS
+
+
+async def read_finished(read: Callable[[], Awaitable[Run]], patience: float = SETTLE_SECONDS,
+                        interval: float = 0.05) -> Run:
+    """`read()` the run, and again while it has ended but is not `finished` yet, for at most
+    `patience` seconds by this clock. A run still going is returned as read."""
+    deadline = time.monotonic() + patience
+    while True:
+        run = await read()
+        if not run.status.is_final or finished(run) or time.monotonic() > deadline:
+            return run
+        await asyncio.sleep(interval)
 
 
 # A run still Scheduled this long after it was due has not been taken by a worker: say why
