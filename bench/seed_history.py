@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from deploy_runs.diagnosis import diagnose, signature
 from deploy_runs.models import Failure
-from deploy_runs.record import (
+from deploy_runs.run_record.facts import (
     FAILURE_KEY,
     FAILURE_LEVEL,
     FAILURE_LOGGER,

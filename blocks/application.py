@@ -17,7 +17,7 @@ from prefect.blocks.core import Block
 from prefect.blocks.fields import SecretDict
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from blocks.server import SSHServer
+from blocks.ssh_server import SSHServer
 
 ConcurrencyPolicy = Literal["queue", "replace", "reject"]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"

@@ -52,8 +52,8 @@ from deploy_runs.errors import (
 from deploy_runs.logs import LogLine, alogs, logs_sync
 from deploy_runs.models import Failure, LogMatch, RecurringFailure, Run, RunComparison, RunStats
 from deploy_runs.prefect_compat.resend import arequest, awrite_labels
-from deploy_runs.record import FAILURE_KEY, RUN_TAG, app_tag, trigger_tag
-from deploy_runs.runs import (
+from deploy_runs.run_record.facts import FAILURE_KEY, RUN_TAG, app_tag, trigger_tag
+from deploy_runs.run_record.reader import (
     DEPLOY_FLOW,
     NO_WORKER_SECONDS,
     finished,

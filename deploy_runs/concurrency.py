@@ -53,7 +53,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from deploy_runs.controls import STOP, requested, thread_in_run_context
 from deploy_runs.history import run_filter
 from deploy_runs.prefect_compat.resend import request, write_labels
-from deploy_runs.record import fact_label
+from deploy_runs.run_record.facts import fact_label
 from deploy_runs.status import RunStatus
 
 SLOT_LABEL = fact_label("slot")

@@ -35,7 +35,7 @@ from prefect.states import Paused
 from prefect.utilities.engine import propose_state_sync
 
 from deploy_runs.prefect_compat.resend import write_labels
-from deploy_runs.record import fact_label
+from deploy_runs.run_record.facts import fact_label
 
 CONTROL_LABEL = fact_label("control")
 PAUSE, STOP = "pause", "stop"

@@ -54,7 +54,7 @@ from deploy_runs.models import (
     Trend,
 )
 from deploy_runs.prefect_compat.ui_history import flow_run_history
-from deploy_runs.record import (
+from deploy_runs.run_record.facts import (
     FAILURE_LEVEL,
     FAILURE_LOGGER,
     RUN_TAG,

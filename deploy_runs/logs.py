@@ -1,8 +1,9 @@
 """Reading a run's logs back from Prefect as `LogLine` records: attributed to their step, stream
 and command, long lines joined back, in the order they were printed, each once.
 
-`LogAssembler` is the pure part (Prefect log records in, `LogLine`s out); `read_logs` and
-`follow_logs` (async) and their sync twins only fetch pages. Pages are read by time cursor, not
+`LogAssembler` is the pure part (Prefect log records in, `LogLine`s out); `alogs` (async) and
+`logs_sync` only fetch pages, and when following end once the run has finished (the caller's
+`run_ended`, by `run_record.reader.finished`). Pages are read by time cursor, not
 offset, and records already seen are recognised, so a follower that starts late gets the
 earlier lines first, then the live ones, with no gap and no duplicate.
 """

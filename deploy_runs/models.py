@@ -106,7 +106,7 @@ class Run(BaseModel):
     settled: bool = Field(
         True, description="Whether Prefect has recorded every step's state for good: False "
                           "while a step runs, and for a moment after the run ended (task-run "
-                          "states trail the run's own). The rule: deploy_runs.runs.settled.")
+                          "states trail the run's own). The rule: deploy_runs.run_record.reader.settled.")
 
     def step(self, name: str) -> Step:
         for step in self.steps:

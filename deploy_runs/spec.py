@@ -210,7 +210,7 @@ def ensure_deployment(app: str) -> None:
     from prefect.deployments.runner import EntrypointType
 
     from deploy_runs.heartbeat import HEARTBEAT_ENV
-    from deploy_runs.record import RUN_TAG, app_tag
+    from deploy_runs.run_record.facts import RUN_TAG, app_tag
     from flows.deploy import deploy_app
 
     ensure_work_pool()

@@ -22,10 +22,10 @@ from blocks.application import check_ref
 from deploy_runs.concurrency import SlotRefused, app_slot
 from deploy_runs.controls import Checkpoint, StopWatcher
 from deploy_runs.models import Failure
-from deploy_runs.outcome import RunOutcome
 from deploy_runs.prefect_compat.sync_calls import load_block, state_result
 from deploy_runs.prefect_compat.tls import share_tls_context_in_run_process
-from deploy_runs.record import RunRecorder, failure_from_exception
+from deploy_runs.run_record.ending import RunOutcome
+from deploy_runs.run_record.writer import RunRecorder, failure_from_exception
 from deploy_runs.status import SKIPPED_STATE_NAME, RunStatus
 from deploy_runs.steps import PIPELINE, PLANNED_STEPS, DeployContext
 from deploy_runs.steps.context import servers_of

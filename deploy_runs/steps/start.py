@@ -19,8 +19,8 @@ from deploy_runs import commands as c
 from deploy_runs.diagnosis import cause_line
 from deploy_runs.errors import CommandFailed, StepFailed
 from deploy_runs.models import ServiceRelease
-from deploy_runs.record import RunRecorder
 from deploy_runs.remote import CollectingSink
+from deploy_runs.run_record.writer import RunRecorder
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
 from deploy_runs.steps.step import step

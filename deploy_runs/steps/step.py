@@ -17,7 +17,7 @@ from prefect.states import Failed, State
 
 from deploy_runs.errors import RemoteError, StepFailed
 from deploy_runs.prefect_compat.log_delivery import flush_step_logs
-from deploy_runs.record import failure_from_exception
+from deploy_runs.run_record.writer import failure_from_exception
 from deploy_runs.status import SKIPPED_STATE_NAME
 from deploy_runs.steplog import StepLog, begin_log_budget, end_log_budget
 from deploy_runs.steps.context import DeployContext

@@ -251,7 +251,7 @@ def test_the_headline_is_the_line_that_shows_the_cause_never_a_usage_hint():
 
 def test_a_failed_command_is_headed_by_its_cause_not_its_exit_code():
     from deploy_runs.errors import CommandFailed
-    from deploy_runs.record import failure_from_exception
+    from deploy_runs.run_record.writer import failure_from_exception
 
     exc = CommandFailed("docker build --tag x .", 1, [
         "#5 0.192 error: missing dependency libfoo",

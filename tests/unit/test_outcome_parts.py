@@ -8,10 +8,10 @@ from uuid import uuid4
 from blocks import Application, Service, SSHServer
 from deploy_runs.inputs import reusable_steps, step_inputs
 from deploy_runs.models import Failure, Run, ServiceRelease, Step, Suggestion
+from deploy_runs.run_record.summary import summary_markdown
 from deploy_runs.status import RunStatus, StepStatus
 from deploy_runs.steps import PLANNED_STEPS
 from deploy_runs.steps.health import describe_state
-from deploy_runs.summary import summary_markdown
 
 
 def app(secret: str = "s3cret", **service: object) -> Application:

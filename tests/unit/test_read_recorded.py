@@ -1,4 +1,4 @@
-"""The one rule and the one wait for a run recorded for good (deploy_runs.runs): reading a run
+"""The one rule and the one wait for a run recorded for good (deploy_runs.run_record.reader): reading a run
 that has just ended waits (briefly) for Prefect to record its steps' last states, which trail
 the run's own final state; other runs are read once."""
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from deploy_runs.models import Run
-from deploy_runs.runs import SETTLE_SECONDS, finished, read_finished
+from deploy_runs.run_record.reader import SETTLE_SECONDS, finished, read_finished
 from deploy_runs.status import RunStatus
 
 

@@ -8,7 +8,7 @@ from uuid import uuid4
 from prefect.client.schemas.objects import FlowRun, TaskRun
 from prefect.states import Completed
 
-from deploy_runs.runs import run_from_prefect
+from deploy_runs.run_record.reader import run_from_prefect
 from deploy_runs.status import StepStatus
 from deploy_runs.steps import PLANNED_STEPS
 

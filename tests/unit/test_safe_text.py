@@ -30,10 +30,10 @@ from deploy_runs.models import (
     StepComparison,
     Suggestion,
 )
+from deploy_runs.run_record.summary import summary_markdown
 from deploy_runs.safetext import markdown_code, markdown_code_block, markdown_text, safe_terminal
 from deploy_runs.status import RunStatus, StepStatus
 from deploy_runs.steps import PLANNED_STEPS
-from deploy_runs.summary import summary_markdown
 from deploy_runs.view import (
     render_comparison,
     render_failures,

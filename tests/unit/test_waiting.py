@@ -9,9 +9,9 @@ from uuid import uuid4
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
 from deploy_runs.models import Run, Step
-from deploy_runs.runs import NO_WORKER_SECONDS, OVERDUE_SECONDS, overdue, waiting_reason
+from deploy_runs.run_record.reader import NO_WORKER_SECONDS, OVERDUE_SECONDS, overdue, waiting_reason
+from deploy_runs.run_record.summary import summary_markdown
 from deploy_runs.status import RunStatus, StepStatus
-from deploy_runs.summary import summary_markdown
 from deploy_runs.view import progress_lines
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 
 from deploy_runs.models import Failure, Run, Step
-from deploy_runs.record import TRIGGER_PREFIX, fact_label, services_from_labels
+from deploy_runs.run_record.facts import TRIGGER_PREFIX, fact_label, services_from_labels
 from deploy_runs.status import RunStatus, StepStatus, run_status, step_status
 from deploy_runs.steps import PLANNED_STEPS
 

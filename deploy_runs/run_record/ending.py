@@ -14,14 +14,14 @@ from prefect.states import State
 from deploy_runs.diagnosis import FailureContext, seen_before, signature, suggest
 from deploy_runs.models import Failure, Run, Step
 from deploy_runs.prefect_compat.sync_calls import markdown_artifact
-from deploy_runs.record import RunRecorder
+from deploy_runs.run_record.summary import artifact_key, summary_markdown
+from deploy_runs.run_record.writer import RunRecorder
 from deploy_runs.status import RunStatus, StepStatus, step_status
 from deploy_runs.steps import PLANNED_STEPS
 from deploy_runs.steps.context import DeployContext
-from deploy_runs.summary import artifact_key, summary_markdown
 
 HISTORY_RUNS = 10
-logger = logging.getLogger("deploy_runs.outcome")
+logger = logging.getLogger("deploy_runs.run_record.ending")
 
 
 def _now() -> datetime:
