@@ -96,15 +96,6 @@ class Timeouts(BaseModel):
     run: float = Field(3600, gt=0, le=7 * 86400,
                        description="The whole run, not counting time spent paused.")
 
-    def for_step(self, step: str) -> tuple[str, float]:
-        """(setting name, seconds) of a step's time limit."""
-        name = STEP_TIMEOUT_FIELDS.get(step, "run")
-        return name, getattr(self, name)
-
-
-STEP_TIMEOUT_FIELDS = {"Provision server": "provision", "Fetch source": "fetch",
-                       "Build images": "build", "Start application": "start",
-                       "Health check": "health"}
 
 
 class Service(BaseModel):

@@ -46,7 +46,7 @@ class Rule:
     kind: str
     patterns: tuple[re.Pattern[str], ...]
     explain: Detail
-    steps: tuple[str, ...] = ()  # empty: any step
+    scoped: bool = False  # True: only in the steps that list its kind (StepSpec.diagnosis)
     words: tuple[str, ...] = ()  # lowercase; empty: try every line
 
     def search(self, line: str, lowered: str) -> re.Match[str] | None:
@@ -437,7 +437,7 @@ RULES: tuple[Rule, ...] = (
     Rule("server-unreachable", _r(
         r"(?:socket\.timeout|TimeoutError|socket\.gaierror|ConnectionRefusedError|OSError):"
         r"(?P<why>[^\n]{0,200})"),
-         _unreachable, steps=("Provision server",),
+         _unreachable, scoped=True,
          words=("socket.", "timeouterror", "connectionrefusederror", "oserror")),
     Rule("docker-permission",
          _r(r"permission denied while trying to connect to the (?:Docker daemon|docker API)"),
@@ -555,6 +555,14 @@ def _readable(text: str) -> list[str]:
     return out
 
 
+def _scoped_kinds(step: str) -> tuple[str, ...]:
+    """The kinds of scoped rules the step declares (its StepSpec.diagnosis)."""
+    from deploy_runs.steps import spec_of
+
+    spec = spec_of(step)
+    return spec.diagnosis if spec is not None else ()
+
+
 def diagnose(text: str, step: str | None = None, *,
              app: Application | None = None) -> list[Suggestion]:
     """Suggested fixes for a failure, most specific first, from the failing command's output
@@ -567,7 +575,7 @@ def diagnose(text: str, step: str | None = None, *,
     lowered = [line.lower() for line in lines]
     found: list[Suggestion] = []
     for rule in RULES:
-        if rule.steps and step is not None and step not in rule.steps:
+        if rule.scoped and step is not None and rule.kind not in _scoped_kinds(step):
             continue
         if any(s.kind == rule.kind for s in found):
             continue

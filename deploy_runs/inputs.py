@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from blocks import Application
+
+if TYPE_CHECKING:
+    from deploy_runs.steps.step import StepSpec
 
 
 def _hash(previous: str, inputs: Any) -> str:
@@ -19,26 +23,18 @@ def _hash(previous: str, inputs: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def step_inputs(app: Application, commit: str | None) -> dict[str, str]:
-    """Step name -> hash of what that step depends on, for `app` at `commit`."""
-    server = app.server
-    secrets = {s.name: app.secrets_digest(s.name) for s in app.services}  # keyed: no guesses
-    parts: list[tuple[str, Any]] = [
-        ("Provision server", {"app": app.name, "host": server.host, "port": server.port,
-                              "user": server.username,
-                              **({"more_servers": app.more_servers} if app.more_servers else {})}),
-        ("Fetch source", {"repository": app.repository, "commit": commit}),
-        ("Build images", [s.model_dump(include={"name", "context", "dockerfile", "build_args"})
-                          for s in app.services]),
-        ("Start application", [{**s.model_dump(include={"name", "container_port", "host_port",
-                                                         "env", "memory"}),
-                                "secrets": secrets[s.name]} for s in app.services]),
-        ("Health check", [s.health_check.model_dump() for s in app.services]),
-    ]
+def step_inputs(app: Application, commit: str | None,
+                steps: Sequence[StepSpec] | None = None) -> dict[str, str]:
+    """Step name -> hash of what that step depends on (each step's declared `inputs`), for
+    `app` at `commit`; `steps`: the pipeline's (default)."""
+    if steps is None:
+        from deploy_runs.steps import STEPS
+
+        steps = STEPS
     hashes: dict[str, str] = {}
     previous = ""
-    for step, inputs in parts:
-        previous = hashes[step] = _hash(previous, inputs)
+    for spec in steps:
+        previous = hashes[spec.name] = _hash(previous, spec.inputs(app, commit))
     return hashes
 
 

@@ -167,13 +167,9 @@ class RunRecorder:
         commit = str(labels.get(fact_label("commit")) or "") or None
         before = json.loads(str(labels.get(fact_label("inputs")) or "{}"))
         reuse = reusable_steps(planned, completed, before, step_inputs(ctx.app, commit))
-        if commit and "Fetch source" in reuse:
-            ctx.commit = commit
-            ctx.commit_message = str(labels.get(fact_label("commit-message")) or "")
-            self.commit(ctx.app, commit, ctx.commit_message)
-        if "Build images" in reuse:
-            for release in services_from_labels(labels):
-                ctx.releases[release.name] = release
-                ctx.images[release.name] = release.image
-            self.services(ctx.merged_releases())
+        from deploy_runs.steps import STEPS
+
+        for spec in STEPS:
+            if spec.name in reuse and spec.carry is not None:
+                spec.carry(ctx, labels, self)
         return reuse

@@ -18,12 +18,28 @@ from deploy_runs import commands as c
 from deploy_runs.errors import CommandFailed, StepFailed
 from deploy_runs.models import ServiceRelease
 from deploy_runs.remote import CollectingSink, RemoteHost
+from deploy_runs.run_record.facts import services_from_labels
 from deploy_runs.run_record.writer import RunRecorder
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
-from deploy_runs.steps.step import step
+from deploy_runs.steps.step import StepSpec, step
 
 NAME = "Build images"
+
+
+def _carry(ctx: DeployContext, labels: dict, record: RunRecorder) -> None:
+    """Reused by a retry: the images the earlier run built (or reused)."""
+    for release in services_from_labels(labels):
+        ctx.releases[release.name] = release
+        ctx.images[release.name] = release.image
+    record.services(ctx.merged_releases())
+
+
+SPEC = StepSpec(
+    NAME, limit="build",
+    inputs=lambda app, commit: [s.model_dump(include={"name", "context", "dockerfile",
+                                                      "build_args"}) for s in app.services],
+    carry=_carry)
 
 
 def build_inputs_hash(service: Service, context_object: str, dockerfile_object: str) -> str:
@@ -120,7 +136,7 @@ def refuse_links_out(host: RemoteHost, ctx: DeployContext, log: StepLog) -> None
             evidence=[f"{path} -> {target}" for path, target in leaving])
 
 
-@step(NAME)
+@step(SPEC)
 def build_images(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
     host = ctx.host()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from blocks import Application, SSHServer
@@ -18,6 +19,9 @@ from deploy_runs.hostkeys import pin_first_seen_key
 from deploy_runs.models import ServiceRelease
 from deploy_runs.prefect_compat.sync_calls import load_block
 from deploy_runs.remote import RemoteHost, ServerAddress
+
+if TYPE_CHECKING:
+    from deploy_runs.steps.step import StepSpec
 
 
 def servers_of(app: Application) -> list[SSHServer]:
@@ -127,10 +131,10 @@ class DeployContext:
         if self.run_deadline is not None:
             self.run_deadline = (self.run_deadline[0] + seconds, self.run_deadline[1])
 
-    def begin_step(self, name: str) -> None:
+    def begin_step(self, spec: StepSpec) -> None:
         """Start the step's clock: its commands are killed when the step's (or the run's)
-        time limit passes."""
-        field_name, limit = self.app.timeouts.for_step(name)
+        time limit passes (the step's `limit` setting of the app's `timeouts`)."""
+        field_name, limit = spec.limit, float(getattr(self.app.timeouts, spec.limit))
         deadline = (time.monotonic() + limit,
                     f"step timed out after {limit:g}s (timeouts.{field_name})")
         if self.run_deadline is not None and self.run_deadline[0] < deadline[0]:

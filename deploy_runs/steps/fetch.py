@@ -6,15 +6,30 @@ from __future__ import annotations
 from deploy_runs import commands as c
 from deploy_runs.errors import CommandFailed, StepFailed
 from deploy_runs.remote import CollectingSink
+from deploy_runs.run_record.facts import fact_label
 from deploy_runs.run_record.writer import RunRecorder
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
-from deploy_runs.steps.step import step
+from deploy_runs.steps.step import StepSpec, step
 
 NAME = "Fetch source"
 
 
-@step(NAME)
+def _carry(ctx: DeployContext, labels: dict, record: RunRecorder) -> None:
+    """Reused by a retry: the commit the earlier run fetched."""
+    commit = str(labels.get(fact_label("commit")) or "") or None
+    if commit:
+        ctx.commit = commit
+        ctx.commit_message = str(labels.get(fact_label("commit-message")) or "")
+        record.commit(ctx.app, commit, ctx.commit_message)
+
+
+SPEC = StepSpec(NAME, limit="fetch",
+                inputs=lambda app, commit: {"repository": app.repository, "commit": commit},
+                carry=_carry)
+
+
+@step(SPEC)
 def fetch_source(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
     host = ctx.host()

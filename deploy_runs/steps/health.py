@@ -15,9 +15,11 @@ from deploy_runs.errors import StepFailed
 from deploy_runs.remote import CollectingSink, RemoteHost
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
-from deploy_runs.steps.step import step
+from deploy_runs.steps.step import StepSpec, step
 
 NAME = "Health check"
+SPEC = StepSpec(NAME, limit="health",
+                inputs=lambda app, commit: [s.health_check.model_dump() for s in app.services])
 PROBE_TIMEOUT = 5.0
 
 
@@ -127,7 +129,7 @@ def describe_state(name: str, state: str) -> str:
     return f"container {name} is {status}" + (f" ({', '.join(notes)})" if notes else "")
 
 
-@step(NAME)
+@step(SPEC)
 def health_check(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
     host = ctx.host()

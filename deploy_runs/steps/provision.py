@@ -17,9 +17,15 @@ from deploy_runs.remote import CollectingSink
 from deploy_runs.status import SKIPPED_STATE_NAME
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
-from deploy_runs.steps.step import step
+from deploy_runs.steps.step import StepSpec, step
 
 NAME = "Provision server"
+SPEC = StepSpec(
+    NAME, limit="provision",
+    inputs=lambda app, commit: {"app": app.name, "host": app.server.host,
+                                "port": app.server.port, "user": app.server.username,
+                                **({"more_servers": app.more_servers} if app.more_servers else {})},
+    diagnosis=("server-unreachable",))  # a socket error while connecting: only here
 # 2: env files moved into a 0700 secrets directory (those of version 1 are removed)
 PROVISIONING_VERSION = 2
 
@@ -38,7 +44,7 @@ def provisioning_fingerprint(ctx: DeployContext, docker_version: str, git_versio
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-@step(NAME)
+@step(SPEC)
 def provision_server(ctx: DeployContext) -> State | None:
     log = StepLog()
     host = ctx.host()

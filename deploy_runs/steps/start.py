@@ -23,9 +23,15 @@ from deploy_runs.remote import CollectingSink
 from deploy_runs.run_record.writer import RunRecorder
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
-from deploy_runs.steps.step import step
+from deploy_runs.steps.step import StepSpec, step
 
 NAME = "Start application"
+SPEC = StepSpec(
+    NAME, limit="start",
+    inputs=lambda app, commit: [
+        {**s.model_dump(include={"name", "container_port", "host_port", "env", "memory"}),
+         "secrets": app.secrets_digest(s.name)}  # keyed: no guesses
+        for s in app.services])
 RESTART_POLICY = "unless-stopped"
 
 
@@ -70,7 +76,7 @@ def port_holder(ctx: DeployContext, service: Service, exc: CommandFailed,
                           "another process on the server listens on it")
 
 
-@step(NAME)
+@step(SPEC)
 def start_application(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
     running = current_containers(ctx, log)

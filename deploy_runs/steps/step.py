@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
@@ -22,12 +23,46 @@ from deploy_runs.status import SKIPPED_STATE_NAME
 from deploy_runs.steplog import StepLog, begin_log_budget, end_log_budget
 from deploy_runs.steps.context import DeployContext
 
+if TYPE_CHECKING:
+    from blocks import Application
+    from deploy_runs.run_record.writer import RunRecorder
 
-def step(name: str) -> Callable[[Callable[[DeployContext], Any]], Task]:
+
+def _no_inputs(app: Application, commit: str | None) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """Everything about a step besides its code, declared once in the step's own module; the
+    planned step list, retry's input hashes, time limits and diagnosis derive from it.
+
+    - `name`: as the product shows it (the task run's name);
+    - `limit`: the `timeouts` setting that limits it (a field of the app's `Timeouts`; "run":
+      only the whole run's limit);
+    - `inputs(app, commit)`: what its work depends on (JSON-able, no secret value): a retry
+      reuses the step while these, and every earlier step's, are unchanged;
+    - `diagnosis`: kinds of the failure rules (`diagnosis.RULES`, `scoped=True`) that apply
+      in this step only;
+    - `carry(ctx, labels, record)`: when a retry reuses the step, put what it found out (read
+      back from the earlier run's labels) into `ctx` and record it on this run.
+    """
+
+    name: str
+    limit: str = "run"
+    inputs: Callable[[Application, str | None], Any] = _no_inputs
+    diagnosis: tuple[str, ...] = ()
+    carry: Callable[[DeployContext, dict[str, Any], RunRecorder], None] | None = None
+
+
+def step(spec: StepSpec) -> Callable[[Callable[[DeployContext], Any]], Task]:
+    """Make `fn` the step `spec` declares: a Prefect task (`.spec` on it is the declaration)."""
+    name = spec.name
+
     def decorate(fn: Callable[[DeployContext], Any]) -> Task:
         @functools.wraps(fn)
         def body(ctx: DeployContext) -> Any:
-            ctx.begin_step(name)
+            ctx.begin_step(spec)
             begin_log_budget(ctx.app.log_limit_mb)
             try:
                 if not ctx.multi:
@@ -43,8 +78,10 @@ def step(name: str) -> Callable[[Callable[[DeployContext], Any]], Task]:
                 end_log_budget()
                 flush_step_logs()
 
-        return task(name=name, task_run_name=name, cache_policy=NO_CACHE,
+        made = task(name=name, task_run_name=name, cache_policy=NO_CACHE,
                     persist_result=False)(body)
+        made.spec = spec  # type: ignore[attr-defined]
+        return made
 
     return decorate
 
