@@ -79,6 +79,8 @@ class LogRotation(BaseModel):
                           description="Size of one log file before it is rotated (e.g. `10m`).")
     max_files: int = Field(5, ge=1, le=100, description="How many log files are kept.")
 
+URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~!$&\'()*+,;=:@/%?#-]*)?$"
+
 
 class Timeouts(BaseModel):
     """How long each step (and the whole run) may take; past it, the running command is
@@ -181,6 +183,9 @@ class Application(Block):
     name: str = Field(pattern=NAME_PATTERN, description="Application name (lowercase, digits, '-').")
     repository: str = Field(description="Git repository URL the server clones from.")
     branch: str = Field("main", description="Branch whose head is deployed when no ref is given.")
+    url: str | None = Field(None, pattern=URL_PATTERN, max_length=500,
+                            description="The application's public URL (http or https), linked "
+                                        "from its run notifications. None: not linked.")
     server: SSHServer = Field(description="The server the application is deployed to.")
     more_servers: list[str] = Field(
         default_factory=list,

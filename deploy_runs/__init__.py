@@ -25,6 +25,7 @@ _EXPORTS = {
     "RunNotFound": "deploy_runs.errors",
     "WaitTimeout": "deploy_runs.errors",
     "LogLine": "deploy_runs.logs",
+    "Notification": "deploy_runs.notify",
     "diagnose": "deploy_runs.diagnosis",
     "register_suggester": "deploy_runs.diagnosis",
     "Failure": "deploy_runs.models",

@@ -47,7 +47,10 @@ sandbox_app = typer.Typer(no_args_is_help=True,
                           help="Local target servers (real sshd + Docker engine) for demos and tests.")
 prefect_app = typer.Typer(no_args_is_help=True,
                           help="The embedded local Prefect server (SQLite) and worker.")
+notify_app = typer.Typer(no_args_is_help=True,
+                         help="Tell people when runs end, through Prefect notification blocks.")
 app.add_typer(apps_app, name="apps")
+app.add_typer(notify_app, name="notify")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(prefect_app, name="prefect")
 
@@ -390,6 +393,56 @@ def apps_list() -> None:
                       f"server={application.server.address}"
                       + "".join(f" +{n}" for n in application.more_servers)
                       + f"  services={services}")
+
+
+@notify_app.command("add")
+@friendly
+def notify_add(
+    app_name: Annotated[str | None, typer.Argument(metavar="[APP]",
+                                                   help="Application (or --all).")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every application.")] = False,
+    on: Annotated[str, typer.Option("--on", help="Statuses that notify, comma-separated: "
+                                                 "Completed, Failed, Stopped.")] = "Failed",
+    block: Annotated[str, typer.Option("--block", metavar="TYPE/NAME",
+                                       help="Prefect notification block, e.g. slack-webhook/ops "
+                                            "or custom-webhook/team.")] = "",
+) -> None:
+    """Notify through a Prefect notification block when runs end.
+
+    Each notification is a Prefect automation, visible and editable under Automations in the
+    Prefect UI."""
+    if (app_name is None) == (not every):
+        raise DeployRunsError("name an application, or give --all (not both)")
+    if not block:
+        raise DeployRunsError("--block TYPE/NAME is required (a Prefect notification block)")
+    made = _client().add_notification(None if every else app_name, on, block)
+    console.print(f"[green]✔[/green] {made.name}  [dim](automation {made.id})[/dim]",
+                  highlight=False)
+
+
+@notify_app.command("list")
+@friendly
+def notify_list(
+    app_name: Annotated[str | None, typer.Argument(metavar="[APP]", help="Application.")] = None,
+) -> None:
+    """List notifications (of one application, and those of every application)."""
+    found = _client().notifications(app_name)
+    if not found:
+        console.print("no notifications", style="dim")
+    for n in found:
+        paused = "" if n.enabled else "  [yellow](paused)[/yellow]"
+        console.print(f"{n.id}  [bold]{n.app or '(all apps)'}[/bold] on {','.join(n.on)} via "
+                      f"{n.block}{paused}", highlight=False)
+
+
+@notify_app.command("remove")
+@friendly
+def notify_remove(
+    which: Annotated[str, typer.Argument(metavar="ID|NAME", help="As `notify list` shows it.")],
+) -> None:
+    """Remove a notification."""
+    gone = _client().remove_notification(which)
+    console.print(f"[green]✔[/green] removed {gone.name}", highlight=False)
 
 
 @sandbox_app.command("up")

@@ -51,6 +51,7 @@ from deploy_runs.errors import (
 )
 from deploy_runs.logs import LogLine, alogs, logs_sync
 from deploy_runs.models import Failure, LogMatch, RecurringFailure, Run, RunComparison, RunStats
+from deploy_runs.notify import Notification
 from deploy_runs.prefect_compat.resend import arequest, awrite_labels
 from deploy_runs.run_record.facts import FAILURE_KEY, RUN_TAG, app_tag, trigger_tag
 from deploy_runs.run_record.reader import (
@@ -219,6 +220,38 @@ class AsyncDeployRuns:
         """Log lines containing `pattern` across past runs, most recent first."""
         async with get_client() as client:
             return await history.search_logs(client, pattern, app, days, limit)
+
+    # Notifications (a Prefect automation per subscription: deploy_runs/notify.py) ------------
+
+    async def add_notification(self, app: str | None, on: str | Sequence[str],
+                               block: str) -> Notification:
+        """Tell the Prefect notification block `block` (TYPE/NAME, e.g. slack-webhook/ops)
+        when a run of `app` (None: of every app) ends with one of the statuses `on`
+        (Completed, Failed, Stopped; a crashed run is Failed). Adding it again changes nothing."""
+        from deploy_runs import notify
+
+        async with get_client() as client:
+            if app is not None:
+                try:
+                    await client.read_deployment_by_name(deployment_name(app))
+                except ObjectNotFound:
+                    raise AppNotFound(f"no application {app!r}: add it with `deploy-runs apps "
+                                      "add SPEC.yaml`") from None
+            return await notify.add(client, app, on, block)
+
+    async def notifications(self, app: str | None = None) -> list[Notification]:
+        """The notifications set up, for `app` (and for every app), or all."""
+        from deploy_runs import notify
+
+        async with get_client() as client:
+            return await notify.listing(client, app)
+
+    async def remove_notification(self, which: UUID | str) -> Notification:
+        """Remove a notification, by its id or name."""
+        from deploy_runs import notify
+
+        async with get_client() as client:
+            return await notify.remove(client, str(which))
 
     # Run controls ------------------------------------------------------------------------------
 
@@ -426,6 +459,16 @@ class DeployRuns:
     def search_logs(self, pattern: str, app: str | None = None, days: int = 90,
                     limit: int = 200) -> list[LogMatch]:
         return self._sync(self._async.search_logs(pattern, app, days, limit))
+
+    def add_notification(self, app: str | None, on: str | Sequence[str],
+                         block: str) -> Notification:
+        return self._sync(self._async.add_notification(app, on, block))
+
+    def notifications(self, app: str | None = None) -> list[Notification]:
+        return self._sync(self._async.notifications(app))
+
+    def remove_notification(self, which: UUID | str) -> Notification:
+        return self._sync(self._async.remove_notification(which))
 
     def pause(self, run_id: UUID | str) -> Run:
         return self._sync(self._async.pause(run_id))

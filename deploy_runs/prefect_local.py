@@ -244,6 +244,8 @@ def start_server(port: int = DEFAULT_PORT, state: Path | None = None,
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     env.pop("PREFECT_API_URL", None)
+    # links to runs in notifications (deploy_runs/notify.py) point at this server's UI
+    env.setdefault("PREFECT_UI_URL", ui_api_url.removesuffix("/api"))
     # Prefect's server, with busy SQLite writes retried in the server, CSRF protection on and
     # cross-origin requests from its own UI only (deploy_runs/prefect_server.py)
     _start("server", [sys.executable, "-m", "deploy_runs.prefect_server",

@@ -35,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from blocks import Application, Service, SSHServer
-from blocks.application import NAME_PATTERN, ConcurrencyPolicy, Timeouts
+from blocks.application import NAME_PATTERN, URL_PATTERN, ConcurrencyPolicy, Timeouts
 from deploy_runs.errors import ConfigError
 
 WORK_POOL = "deploy-runs"
@@ -55,6 +55,8 @@ class AppSpec(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     repository: str
     branch: str = "main"
+    url: str | None = Field(None, pattern=URL_PATTERN, max_length=500,
+                            description="The app's public URL, linked from notifications.")
     server: str | None = Field(None, min_length=1,
                                description="Name of the SSHServer block to deploy to.")
     servers: list[str] | None = Field(
@@ -140,7 +142,8 @@ def to_application(spec: AppSpec, server: SSHServer,
         raise ConfigError(problems)
     try:
         return Application(
-            name=spec.name, repository=spec.repository, branch=spec.branch, server=server,
+            name=spec.name, repository=spec.repository, branch=spec.branch, url=spec.url,
+            server=server,
             services=[Service.model_validate(s.model_dump(exclude={"secret_env"}))
                       for s in spec.services],
             secret_env=secrets, timeouts=spec.timeouts, log_limit_mb=spec.log_limit_mb,

@@ -77,6 +77,7 @@ class RunRecorder:
                 client.update_flow_run(self.run_id, tags=sorted(tags))
             write_labels(client, self.run_id, {
                 fact_label("app"): app.name, fact_label("ref"): ref or "",
+                **({fact_label("url"): app.url} if app.url else {}),
                 fact_label("config"): json.dumps(config_snapshot(app), sort_keys=True)})
 
     def commit(self, app: Application, commit: str, message: str) -> None:
@@ -122,8 +123,14 @@ class RunRecorder:
         with get_client(sync_client=True) as client:
             client.create_flow_run_input(self.run_id, key=FAILURE_KEY,
                                          value=failure.model_dump_json())
+            facts = {fact_label("failed-step"): failure.step}
+            if failure.suggestions:  # for notifications (deploy_runs/notify.py)
+                first = failure.suggestions[0]
+                facts[fact_label("suggestion")] = f"{first.title}: {first.detail}"[:500]
             if failure.signature:
-                write_labels(client, self.run_id, {fact_label("failure"): failure.signature})
+                facts[fact_label("failure")] = failure.signature
+            write_labels(client, self.run_id, facts)
+            if failure.signature:
                 client.create_logs([LogCreate(
                     name=FAILURE_LOGGER, level=FAILURE_LEVEL, timestamp=datetime.now(UTC),
                     flow_run_id=self.run_id, message=failure_index_line(app, failure))])

@@ -283,3 +283,58 @@ def deployment_on_own_pool(app: SampleApp, kind: str) -> tuple[str, object]:
         entrypoint_type=EntrypointType.MODULE_PATH,
         job_variables={"env": HEARTBEAT_ENV}).apply(work_pool_name=pool)
     return pool, deployment_id
+
+
+class WebhookReceiver:
+    """A real HTTP server on loopback that keeps every JSON body posted to it, by path: the
+    receiving end of Prefect's custom webhook notification block."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        self.received: list[tuple[str, dict]] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver._lock:
+                    receiver.received.append((self.path, json.loads(body or b"{}")))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def block(self, path: str) -> str:
+        """A custom webhook notification block posting {subject, body} to `path`; TYPE/NAME."""
+        from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+        name = f"t-hook-{uuid.uuid4().hex[:8]}"
+        CustomWebhookNotificationBlock(
+            name=name, url=f"http://127.0.0.1:{self.port}{path}",
+            json_data={"subject": "{{subject}}", "body": "{{body}}"}).save(name)
+        return f"custom-webhook/{name}"
+
+    def at(self, path: str) -> list[dict]:
+        with self._lock:
+            return [body for p, body in self.received if p == path]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def webhook_receiver(prefect_api: str) -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()

@@ -1,7 +1,7 @@
 """Never hang: a run whose worker (and its flow process) is killed ends Failed (Prefect's
-Crashed) in bounded time, by Prefect's heartbeats and the automation deploy-runs installs; the
-app can be deployed again right away. (Timeouts, unreachable servers, a stopped engine and a
-lost connection are in test_failures.py and test_logs.py.)"""
+Crashed) in bounded time, by Prefect's heartbeats and the automation deploy-runs installs, and
+notifies as Failed; the app can be deployed again right away. (Timeouts, unreachable
+servers, a stopped engine and a lost connection are in test_failures.py and test_logs.py.)"""
 
 from __future__ import annotations
 
@@ -42,9 +42,12 @@ def descendants(pid: int) -> list[int]:
 
 
 def test_a_run_whose_worker_is_killed_ends_failed_in_bounded_time(client, make_app, prefect_api,
-                                                                  tmp_path):
+                                                                  tmp_path, webhook_receiver):
     marker = f"doomed{uuid.uuid4().hex[:8]}"
     app = make_app("hello", files=slow_build_files(150, marker))
+    # the team is told of the crash as of any failure (deploy_runs/notify.py)
+    told = f"/crash-{marker}"
+    client.add_notification(app.name, "Failed", webhook_receiver.block(told))
     healthy = make_app("hello")
     # This app's runs go to a pool of their own, served by a worker this test kills.
     pool, deployment_id = deployment_on_own_pool(app, "doomed")
@@ -83,6 +86,9 @@ def test_a_run_whose_worker_is_killed_ends_failed_in_bounded_time(client, make_a
     assert "heartbeat" in (run.message or ""), run.message
     assert run.step("Build images").status is StepStatus.FAILED
     assert run.step("Health check").status is StepStatus.SKIPPED
+    messages = wait_for(lambda: webhook_receiver.at(told), 60, "the crash's notification")
+    assert len(messages) == 1 and "Status: Failed" in messages[0]["body"].splitlines()
+    assert str(flow_run.id) in messages[0]["body"] and "heartbeat" in messages[0]["body"]
 
     # nothing left behind: the app deploys again (now with a quick build), through the usual
     # worker; and the run that completed earlier was not touched by the automation
