@@ -417,7 +417,7 @@ def notify_add(
         raise DeployRunsError("--block TYPE/NAME is required (a Prefect notification block)")
     made = _client().add_notification(None if every else app_name, on, block)
     console.print(f"[green]✔[/green] {made.name}  [dim](automation {made.id})[/dim]",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
 
 @notify_app.command("list")
@@ -432,7 +432,7 @@ def notify_list(
     for n in found:
         paused = "" if n.enabled else "  [yellow](paused)[/yellow]"
         console.print(f"{n.id}  [bold]{n.app or '(all apps)'}[/bold] on {','.join(n.on)} via "
-                      f"{n.block}{paused}", highlight=False)
+                      f"{n.block}{paused}", highlight=False, soft_wrap=True)
 
 
 @notify_app.command("remove")
@@ -442,7 +442,7 @@ def notify_remove(
 ) -> None:
     """Remove a notification."""
     gone = _client().remove_notification(which)
-    console.print(f"[green]✔[/green] removed {gone.name}", highlight=False)
+    console.print(f"[green]✔[/green] removed {gone.name}", highlight=False, soft_wrap=True)
 
 
 @sandbox_app.command("up")
