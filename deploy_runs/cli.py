@@ -50,7 +50,12 @@ prefect_app = typer.Typer(no_args_is_help=True,
 notify_app = typer.Typer(no_args_is_help=True,
                          help="Tell people when runs end, through Prefect notification blocks.")
 app.add_typer(apps_app, name="apps")
+webhooks_app = typer.Typer(no_args_is_help=True,
+                           help="Deploy on push: receive GitHub, GitLab and Gitea/Forgejo push "
+                                "webhooks.")
 app.add_typer(notify_app, name="notify")
+app.add_typer(webhooks_app, name="webhooks")
+WEBHOOK_PORT = 8787
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(prefect_app, name="prefect")
 
@@ -371,12 +376,19 @@ def stop(run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:
 def apps_add(spec: Annotated[Path, typer.Argument(help="App spec YAML file.")]) -> None:
     """Validate an app spec, save it as blocks and create its Prefect deployment."""
     from deploy_runs.spec import application_from_file, register
+    from deploy_runs.webhooks import PATH, ensure_secret
 
     application = application_from_file(spec)
     register(application)
     console.print(f"[green]✔[/green] saved application [bold]{application.name}[/bold] "
                   f"({len(application.services)} service(s)) and deployment "
                   f"[bold]deploy-app/{application.name}[/bold]")
+    secret, _ = ensure_secret(application.name)
+    console.print(f"Deploy on push of {application.branch}: in your git host, a push webhook to "
+                  f"http://THIS-HOST:{WEBHOOK_PORT}{PATH} (`deploy-runs webhooks serve`, behind "
+                  f"TLS), content type application/json, secret from Prefect Secret block "
+                  f"[bold]{secret}[/bold] (`deploy-runs webhooks secret {application.name}`).",
+                  highlight=False)
 
 
 @apps_app.command("list")
@@ -443,6 +455,41 @@ def notify_remove(
     """Remove a notification."""
     gone = _client().remove_notification(which)
     console.print(f"[green]✔[/green] removed {gone.name}", highlight=False, soft_wrap=True)
+
+
+@webhooks_app.command("serve")
+@friendly
+def webhooks_serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = WEBHOOK_PORT,
+    max_body_mb: Annotated[float, typer.Option(help="Largest body taken, in MB.")] = 10.0,
+) -> None:
+    """Receive push webhooks and redeploy the apps that deploy the pushed branch, at the
+    pushed commit (each push verified against the app's secret)."""
+    import uvicorn
+
+    from deploy_runs.webhooks import PATH, prefect_hooks, receiver, start_push_run
+
+    console.print(f"receiving pushes at http://{host}:{port}{PATH}", highlight=False)
+    uvicorn.run(receiver(prefect_hooks, start_push_run, int(max_body_mb * 1_000_000)),
+                host=host, port=port, log_level="info")
+
+
+@webhooks_app.command("secret")
+@friendly
+def webhooks_secret(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="Application.")],
+    rotate: Annotated[bool, typer.Option(help="Make a new secret first.")] = False,
+) -> None:
+    """Print the app's webhook secret, to set in the git host (made if there is none)."""
+    from deploy_runs.errors import AppNotFound
+    from deploy_runs.spec import list_applications
+    from deploy_runs.webhooks import read_secret
+
+    if app_name not in list_applications():
+        raise AppNotFound(f"no application {app_name!r}: add it with `deploy-runs apps add "
+                          "SPEC.yaml`")
+    console.print(read_secret(app_name, rotate), highlight=False, soft_wrap=True)
 
 
 @sandbox_app.command("up")

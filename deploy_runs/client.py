@@ -84,7 +84,7 @@ class AsyncDeployRuns:
 
     async def deploy(self, app: str, ref: str | None = None,
                      pause_timeout: float | None = None, *, _retry_of: UUID | None = None,
-                     _trigger: str = "deploy") -> Run:
+                     _trigger: str = "deploy", _concurrency: str | None = None) -> Run:
         """Start a run of `app` through its Prefect deployment; returns at once (Started).
 
         `pause_timeout`: how long the run may stay paused before it ends Stopped."""
@@ -108,7 +108,7 @@ class AsyncDeployRuns:
                 if reason:
                     raise NoWorker(f"{app}: {reason} (require_worker_seconds: "
                                    f"{float(settings['require_worker_seconds']):g})")
-            if (settings.get("concurrency") or "queue") == "reject":
+            if (_concurrency or settings.get("concurrency") or "queue") == "reject":
                 active = await client.read_flow_runs(
                     flow_run_filter=active_filter(app), sort=ACTIVE_SORT, limit=50)
                 if active:
@@ -118,6 +118,8 @@ class AsyncDeployRuns:
                 parameters["pause_timeout"] = pause_timeout
             if _retry_of is not None:
                 parameters["retry_of"] = str(_retry_of)
+            if _concurrency is not None:
+                parameters["concurrency"] = _concurrency
             # Prefect's create_flow_run_from_deployment, sent again at once while a busy
             # SQLite store answers 503 (Prefect's client waits 2 s, then 4 s: measured as most
             # of the trigger latency of 5 deploys requested at once). The idempotency key makes

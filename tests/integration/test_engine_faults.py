@@ -142,6 +142,14 @@ def test_apps_add_installs_the_crash_automation(engine, tmp_path):
                            capture_output=True, text=True, timeout=120,
                            env={**os.environ, "PREFECT_API_URL": engine.url})
     assert added.returncode == 0, added.stdout + added.stderr
+    # and says how to deploy on push: the receiver's path and the secret's block (made now)
+    name = spec.read_text().split()[1]
+    said = " ".join(added.stdout.split())
+    assert ":8787/push" in said and f"Prefect Secret block deploy-runs-webhook-{name}" in said
+    secret = subprocess.run([sys.executable, "-m", "deploy_runs.cli", "webhooks", "secret", name],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PREFECT_API_URL": engine.url})
+    assert secret.returncode == 0 and len(secret.stdout.strip()) >= 40, secret.stderr
     automation = Automation.read(name=AUTOMATION_NAME)
     assert automation.enabled
     assert automation.trigger.within.total_seconds() == WITHIN_SECONDS
