@@ -206,6 +206,10 @@ class Application(Block):
             "running."
         ),
     )
+    keep_releases: int = Field(
+        5, ge=1, le=1000,
+        description="Releases (Completed runs' images) kept on the servers: after a Completed "
+                    "run the images and stopped containers of older ones are removed.")
     concurrency: ConcurrencyPolicy = Field(
         "queue",
         description=(

@@ -407,6 +407,20 @@ def apps_list() -> None:
                       + f"  services={services}")
 
 
+@app.command("prune")
+@friendly
+def prune(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="Application.")],
+    keep: Annotated[int | None, typer.Option(
+        help="Releases to keep (default: the app's keep_releases, 5).", min=1)] = None,
+) -> None:
+    """Remove the images and stopped containers of the app's older releases from its servers
+    (a Completed run does it too)."""
+    for server, removed in _client().prune(app_name, keep).items():
+        console.print(f"[bold]{server}[/bold]: " + (", ".join(removed) or "nothing to remove"),
+                      highlight=False, soft_wrap=True)
+
+
 @notify_app.command("add")
 @friendly
 def notify_add(

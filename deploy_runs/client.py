@@ -223,6 +223,29 @@ class AsyncDeployRuns:
         async with get_client() as client:
             return await history.search_logs(client, pattern, app, days, limit)
 
+    async def prune(self, app: str, keep: int | None = None) -> dict[str, list[str]]:
+        """Remove the images and stopped containers of `app`'s releases older than its newest
+        `keep` (default: the app's `keep_releases`) from its servers, now (a Completed run
+        does it too): server -> what was removed. Refused (AppBusy) while a run of the app is
+        active."""
+        import contextvars
+
+        from deploy_runs.releases import prune_app
+
+        if keep is not None and keep < 1:
+            raise ConfigError([f"keep: {keep}: at least 1 (the current release stays)"])
+        async with get_client() as client:
+            try:
+                await client.read_deployment_by_name(deployment_name(app))
+            except ObjectNotFound:
+                raise AppNotFound(f"no application {app!r}: add it with `deploy-runs apps add "
+                                  "SPEC.yaml`") from None
+            active = await client.read_flow_runs(flow_run_filter=active_filter(app),
+                                                 sort=ACTIVE_SORT, limit=50)
+            if active:
+                raise AppBusy(f"{busy_message(app, active)}: prune once it has ended")
+        return await asyncio.to_thread(contextvars.copy_context().run, prune_app, app, keep)
+
     # Notifications (a Prefect automation per subscription: deploy_runs/notify.py) ------------
 
     async def add_notification(self, app: str | None, on: str | Sequence[str],
@@ -461,6 +484,9 @@ class DeployRuns:
     def search_logs(self, pattern: str, app: str | None = None, days: int = 90,
                     limit: int = 200) -> list[LogMatch]:
         return self._sync(self._async.search_logs(pattern, app, days, limit))
+
+    def prune(self, app: str, keep: int | None = None) -> dict[str, list[str]]:
+        return self._sync(self._async.prune(app, keep))
 
     def add_notification(self, app: str | None, on: str | Sequence[str],
                          block: str) -> Notification:

@@ -230,6 +230,17 @@ def docker_app_containers(app: str) -> Command:
                f"label={LABEL_PREFIX}.app={app}", "--format", CONTAINER_LIST_FORMAT)
 
 
+def docker_app_images(app: str) -> Command:
+    """The app's image tags (its builds carry the app's label), one per line."""
+    return cmd("docker", "image", "ls", "--filter", f"label={LABEL_PREFIX}.app={app}",
+               "--format", "{{.Repository}}:{{.Tag}}")
+
+
+def docker_remove_image(tag: str) -> Command:
+    """Untag (and, with no tag left, delete) an image; refused while a container uses it."""
+    return cmd("docker", "image", "rm", "--", tag)
+
+
 def docker_rename(old: str, new: str) -> Command:
     return cmd("docker", "rename", old, new)
 

@@ -67,6 +67,8 @@ class AppSpec(BaseModel):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     log_limit_mb: float = Field(100, gt=0, le=100_000,
                                 description="Most command output stored per step, in MB.")
+    keep_releases: int = Field(5, ge=1, le=1000,
+                               description="Releases kept on the servers (older ones pruned).")
     concurrency: ConcurrencyPolicy = "queue"
     require_worker_seconds: float | None = Field(
         None, gt=0, description="Refuse a deploy at once when no worker has asked the app's "
@@ -147,7 +149,7 @@ def to_application(spec: AppSpec, server: SSHServer,
             services=[Service.model_validate(s.model_dump(exclude={"secret_env"}))
                       for s in spec.services],
             secret_env=secrets, timeouts=spec.timeouts, log_limit_mb=spec.log_limit_mb,
-            concurrency=spec.concurrency,
+            concurrency=spec.concurrency, keep_releases=spec.keep_releases,
             require_worker_seconds=spec.require_worker_seconds, more_servers=spec.server_names[1:],
         )
     except ValidationError as exc:

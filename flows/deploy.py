@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Literal
@@ -20,18 +21,23 @@ from prefect.states import Cancelled, Completed, Failed, State
 
 from blocks import Application
 from blocks.application import check_ref
+from deploy_runs import commands
 from deploy_runs.concurrency import SlotRefused, app_slot
 from deploy_runs.controls import Checkpoint, StopWatcher
 from deploy_runs.models import Failure
 from deploy_runs.prefect_compat.sync_calls import load_block, state_result
 from deploy_runs.prefect_compat.tls import share_tls_context_in_run_process
+from deploy_runs.releases import prune_server, releases_to_keep
 from deploy_runs.run_record.ending import RunOutcome
 from deploy_runs.run_record.writer import RunRecorder, failure_from_exception
 from deploy_runs.status import SKIPPED_STATE_NAME, RunStatus
-from deploy_runs.steps import PIPELINE, PLANNED_STEPS, DeployContext
+from deploy_runs.steplog import StepLog
+from deploy_runs.steps import PIPELINE, PLANNED_STEPS, DeployContext, StepSpec
 from deploy_runs.steps.context import servers_of
 
 DEFAULT_PAUSE_TIMEOUT = 3600.0
+# the clean-up after a Completed run: under the Start application step's time limit
+PRUNE = StepSpec("Prune releases", limit="start")
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
@@ -160,4 +166,32 @@ def _deploy(app: str, ref: str | None, pause_timeout: float, retry_of: str | Non
                     ctx, record)
                 return end(RunStatus.FAILED,
                            Failed(message=f"{step.name} failed: {failure.message}"), failure)
+        # still holding the app's slot: no other run of the app is between steps
+        prune_releases(ctx, record, logger)
     return end(RunStatus.COMPLETED, Completed(message=f"Deployed {app} at {ctx.commit}"))
+
+
+def prune_releases(ctx: DeployContext, record: RunRecorder, logger: logging.LoggerAdapter) -> None:
+    """Remove the images and stopped containers of the app's releases older than its newest
+    `keep_releases` from every server (deploy_runs/releases.py); the run's log lists them. Best
+    effort: a run that deployed is not failed by its clean-up."""
+    try:
+        current = [release.image for release in ctx.merged_releases().values()]
+        keep = releases_to_keep([("Completed", current), *record.app_releases(ctx.app.name)],
+                                ctx.app.keep_releases)
+        containers = [commands.container_name(ctx.app.name, s.name) for s in ctx.app.services]
+        ctx.begin_step(PRUNE)
+        log = StepLog()
+        for index in range(len(ctx.servers)):
+            ctx.current = index
+            stopped, removed = prune_server(ctx.host(), ctx.app.name, keep, containers, log)
+            where = f" on {ctx.label(ctx.server)}" if ctx.multi else ""
+            log.info("Pruned%s: %s (keeping the newest %d release(s))", where,
+                     ", ".join([*(f"image {t}" for t in removed),
+                                *(f"stopped container {n}" for n in stopped)]) or "nothing to remove",
+                     ctx.app.keep_releases)
+        log.flush()
+    except Exception as exc:
+        logger.warning("Could not remove old releases (the deploy itself is done): %s", exc)
+    finally:
+        ctx.current = 0

@@ -135,6 +135,30 @@ class RunRecorder:
                     name=FAILURE_LOGGER, level=FAILURE_LEVEL, timestamp=datetime.now(UTC),
                     flow_run_id=self.run_id, message=failure_index_line(app, failure))])
 
+    def app_releases(self, app: str, limit: int = 100) -> list[tuple[str, list[str]]]:
+        """(Completed / Failed, images) of the app's ended runs before this one, newest first:
+        what `releases.releases_to_keep` decides from."""
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterId,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            FlowRunFilterTags,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=[RUN_TAG, app_tag(app)]),
+                    id=FlowRunFilterId(not_any_=[self.run_id]),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[
+                        StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]))),
+                sort=FlowRunSort.END_TIME_DESC, limit=limit)
+        return [("Completed" if r.state and r.state.is_completed() else "Failed",
+                 [s.image for s in services_from_labels(r.labels or {})]) for r in runs]
+
     def recent_failures(self, app: str, limit: int = 10) -> list[tuple[str | None, object]]:
         """(failure signature or None, start time) of the app's `limit` runs before this one,
         most recent first."""

@@ -85,6 +85,7 @@ def test_unknown_field_is_refused_not_ignored():
     ("name", "Hello World"), ("name", "a;rm -rf /"), ("branch", "--upload-pack=x"),
     ("branch", "main;touch x"), ("repository", "-oProxyCommand=x"), ("repository", "a b"),
     ("branch", "main\n"), ("repository", "git://h/x.git\n"),
+    ("url", "javascript:alert(1)"), ("url", "https://x.example/\n"), ("keep_releases", 0),
 ])
 def test_unsafe_names_refs_and_urls_are_refused(field, value):
     found = problems(spec(**{field: value}))
