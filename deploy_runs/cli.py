@@ -224,6 +224,20 @@ def redeploy(
 
 @app.command()
 @friendly
+def rollback(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="Application name.")],
+    to: Annotated[str | None, typer.Option(
+        "--to", metavar="RUN", help="A Completed run whose release to put back (default: the "
+                                    "release before the current one).")] = None,
+    detach: Annotated[bool, typer.Option(help="Print the run id and return at once.")] = False,
+) -> None:
+    """Put an earlier release of APP back: its images (no build while they are kept on the
+    servers) and its runtime configuration."""
+    _watch(_client().rollback(app_name, to), detach)
+
+
+@app.command()
+@friendly
 def retry(
     run_id: Annotated[str, typer.Argument(metavar="RUN", help="Id of a failed run.")],
     detach: Annotated[bool, typer.Option(help="Print the run id and return at once.")] = False,

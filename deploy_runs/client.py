@@ -84,7 +84,8 @@ class AsyncDeployRuns:
 
     async def deploy(self, app: str, ref: str | None = None,
                      pause_timeout: float | None = None, *, _retry_of: UUID | None = None,
-                     _trigger: str = "deploy", _concurrency: str | None = None) -> Run:
+                     _trigger: str = "deploy", _concurrency: str | None = None,
+                     _rollback_to: str | None = None) -> Run:
         """Start a run of `app` through its Prefect deployment; returns at once (Started).
 
         `pause_timeout`: how long the run may stay paused before it ends Stopped."""
@@ -120,6 +121,8 @@ class AsyncDeployRuns:
                 parameters["retry_of"] = str(_retry_of)
             if _concurrency is not None:
                 parameters["concurrency"] = _concurrency
+            if _rollback_to is not None:
+                parameters["rollback_to"] = _rollback_to
             # Prefect's create_flow_run_from_deployment, sent again at once while a busy
             # SQLite store answers 503 (Prefect's client waits 2 s, then 4 s: measured as most
             # of the trigger latency of 5 deploys requested at once). The idempotency key makes
@@ -139,6 +142,24 @@ class AsyncDeployRuns:
         a first deploy: provisioning is skipped when done, unchanged services are neither
         rebuilt nor restarted."""
         return await self.deploy(app, _trigger="redeploy")
+
+    async def rollback(self, app: str, to: UUID | str | None = None) -> Run:
+        """A new run (trigger `rollback`) that puts back the release of the Completed run `to`
+        of `app` (default: the release before the current one): its images, not rebuilt while
+        they are on the servers, and its runtime configuration (ports, env, health checks),
+        with the app's secrets as they are now. Raises InvalidControl when there is no such
+        release."""
+        from deploy_runs.rollback import PREVIOUS, afind_target
+
+        async with get_client() as client:
+            try:
+                await client.read_deployment_by_name(deployment_name(app))
+            except ObjectNotFound:
+                raise AppNotFound(f"no application {app!r}: add it with `deploy-runs apps add "
+                                  "SPEC.yaml`") from None
+        target = await afind_target(app, str(to) if to is not None else PREVIOUS)
+        return await self.deploy(app, target.commit or None, _trigger="rollback",
+                                 _rollback_to=str(target.run_id))
 
     async def retry(self, run_id: UUID | str) -> Run:
         """A new run of a failed run's app at the same commit that reuses the failed run's
@@ -388,7 +409,22 @@ class AsyncDeployRuns:
                 if key not in reasons:
                     reasons[key] = await _pool_reason(client, *key)
                 run.waiting_reason = reasons[key]
+        # which Completed runs are their app's current release (its newest Completed run)
+        apps = {r.app for r in runs if r.status is RunStatus.COMPLETED and r.app}
+        current = dict(zip(apps, await asyncio.gather(*(_current_release(client, a)
+                                                          for a in apps)), strict=True))
+        for run in runs:
+            run.current = run.status is RunStatus.COMPLETED and current.get(run.app) == run.id
         return runs
+
+
+async def _current_release(client: PrefectClient, app: str) -> UUID | None:
+    """The app's newest Completed run: the release its servers run."""
+    from deploy_runs.rollback import completed_filter
+
+    found = await client.read_flow_runs(flow_run_filter=completed_filter(app),
+                                        sort=FlowRunSort.END_TIME_DESC, limit=1)
+    return found[0].id if found else None
 
 
 async def _app_settings(client: PrefectClient, app: str) -> dict[str, Any]:
@@ -456,6 +492,9 @@ class DeployRuns:
 
     def redeploy(self, app: str) -> Run:
         return self._sync(self._async.redeploy(app))
+
+    def rollback(self, app: str, to: UUID | str | None = None) -> Run:
+        return self._sync(self._async.rollback(app, to))
 
     def retry(self, run_id: UUID | str) -> Run:
         return self._sync(self._async.retry(run_id))

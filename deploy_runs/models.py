@@ -103,6 +103,11 @@ class Run(BaseModel):
                           "worker serves its work pool (since when one last asked for runs, "
                           "and how to start one), or the pool is paused.")
 
+    rollback_to: UUID | None = Field(
+        None, description="A rollback run: the run whose release it put back.")
+    current: bool = Field(
+        False, description="Whether this run's release is the app's current one (its newest "
+                            "Completed run).")
     settled: bool = Field(
         True, description="Whether Prefect has recorded every step's state for good: False "
                           "while a step runs, and for a moment after the run ended (task-run "

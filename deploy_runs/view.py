@@ -74,6 +74,9 @@ def render_run(run: Run, tail: list[LogLine] | None = None) -> RenderableType:
         "   commit ", (_safe(run.commit, 12) if run.commit else "-", "cyan"),
         (f"  {_safe(run.commit_message)}" if run.commit_message else "", "grey58"),
         f"   duration {_seconds(run.duration)}" if run.duration is not None else "",
+        ("   current release", "green3") if run.current else "",
+        (f"\nrollback to the release of run {run.rollback_to}", "yellow3") if run.rollback_to
+        else "",
     )
     table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
     table.add_column("", width=2)
@@ -133,7 +136,7 @@ def render_runs(runs: list[Run]) -> RenderableType:
     table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
     table.add_column("")
     table.add_column("run", no_wrap=True, min_width=36)
-    for column in ("app", "status", "commit", "trigger", "started", "duration"):
+    for column in ("app", "status", "commit", "trigger", "started", "duration", "release"):
         table.add_column(column, no_wrap=True)
     for run in runs:
         indicator = RUN_INDICATORS[run.status]
@@ -142,7 +145,8 @@ def render_runs(runs: list[Run]) -> RenderableType:
                       _text(run.commit, width=12) if run.commit else "-",
                       _text(run.trigger) if run.trigger else "-",
                       started.strftime("%Y-%m-%d %H:%M:%S") if started else "",
-                      _seconds(run.duration))
+                      _seconds(run.duration), Text("current", style="green3") if run.current
+                      else "")
     return table
 
 

@@ -21,9 +21,10 @@ from prefect.states import Cancelled, Completed, Failed, State
 
 from blocks import Application
 from blocks.application import check_ref
-from deploy_runs import commands
+from deploy_runs import commands, rollback
 from deploy_runs.concurrency import SlotRefused, app_slot
 from deploy_runs.controls import Checkpoint, StopWatcher
+from deploy_runs.errors import InvalidControl
 from deploy_runs.models import Failure
 from deploy_runs.prefect_compat.sync_calls import load_block, state_result
 from deploy_runs.prefect_compat.tls import share_tls_context_in_run_process
@@ -33,11 +34,14 @@ from deploy_runs.run_record.writer import RunRecorder, failure_from_exception
 from deploy_runs.status import SKIPPED_STATE_NAME, RunStatus
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps import PIPELINE, PLANNED_STEPS, DeployContext, StepSpec
+from deploy_runs.steps.build import NAME as BUILD
 from deploy_runs.steps.context import servers_of
+from deploy_runs.steps.fetch import NAME as FETCH
 
 DEFAULT_PAUSE_TIMEOUT = 3600.0
-# the clean-up after a Completed run: under the Start application step's time limit
-PRUNE = StepSpec("Prune releases", limit="start")
+# work between steps (a rollback's image check, the clean-up after a Completed run): under the
+# Start application step's time limit
+BETWEEN_STEPS = StepSpec("Between steps", limit="start")
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
@@ -50,7 +54,8 @@ def skipped_step(message: str) -> State:
 async def deploy_app(app: str, ref: str | None = None,
                      pause_timeout: float = DEFAULT_PAUSE_TIMEOUT,
                      retry_of: str | None = None,
-                     concurrency: Literal["queue", "reject", "replace"] | None = None) -> State:
+                     concurrency: Literal["queue", "reject", "replace"] | None = None,
+                     rollback_to: str | None = None) -> State:
     """Deploy the application saved as block `app`, at `ref` (default: its branch head).
 
     A paused run waits at most `pause_timeout` seconds for Resume, then ends Stopped.
@@ -58,6 +63,9 @@ async def deploy_app(app: str, ref: str | None = None,
     inputs (commit, configuration) are unchanged; the run starts at the first step to redo.
     `concurrency`: this run's policy while another run of the app holds its slot, instead of
     the app's (a push takes `replace`: a burst of pushes deploys the newest commit).
+    `rollback_to`: put back the release of this Completed run of the app ("previous": the one
+    before the current release) instead of deploying `ref`: its images (no build while they are
+    on the servers) and its runtime configuration, with the app's secrets as they are now.
 
     In Python: `asyncio.run(deploy_app("shop"))`, or `run_in_process("shop")`.
     """
@@ -69,7 +77,7 @@ async def deploy_app(app: str, ref: str | None = None,
     # by joining its heartbeat thread, which sleeps in whole seconds: every run took up to a
     # second longer (measured: run times quantised to whole seconds + 0.08 s).
     return await asyncio.to_thread(_in_step_thread, app, ref, pause_timeout, retry_of,
-                                   concurrency)
+                                   concurrency, rollback_to)
 
 
 def run_in_process(app: str, ref: str | None = None, **options: object) -> State:
@@ -78,15 +86,16 @@ def run_in_process(app: str, ref: str | None = None, **options: object) -> State
 
 
 def _in_step_thread(app: str, ref: str | None, pause_timeout: float,
-                    retry_of: str | None, concurrency: str | None) -> State:
+                    retry_of: str | None, concurrency: str | None,
+                    rollback_to: str | None) -> State:
     # One sync API client for the thread, as Prefect's sync engine provides to a sync flow
     # (without it each get_client() builds a client: ~25 ms a call, measured).
     with SyncClientContext.get_or_create():
-        return _deploy(app, ref, pause_timeout, retry_of, concurrency)
+        return _deploy(app, ref, pause_timeout, retry_of, concurrency, rollback_to)
 
 
 def _deploy(app: str, ref: str | None, pause_timeout: float, retry_of: str | None,
-            concurrency: str | None = None) -> State:
+            concurrency: str | None = None, rollback_to: str | None = None) -> State:
     if ref is not None:
         check_ref(ref)
     flow_run = get_run_context().flow_run
@@ -112,9 +121,18 @@ def _deploy(app: str, ref: str | None, pause_timeout: float, retry_of: str | Non
 
     try:
         ctx.servers = servers_of(application)
-    except ValueError as exc:
+        target = rollback.find_target(app, rollback_to, flow_run.id) if rollback_to else None
+    except (ValueError, InvalidControl) as exc:
         failure = outcome.explain(Failure(step=PLANNED_STEPS[0], message=str(exc)), ctx, record)
         return end(RunStatus.FAILED, Failed(message=f"{PLANNED_STEPS[0]}: {exc}"), failure)
+    if target is not None:
+        # the release's runtime configuration (the app's secrets as they are now), its commit
+        ctx.app = application.model_copy(update={"services": target.services})
+        ctx.ref = target.commit
+        outcome.rollback_to = target.run_id
+        record.rollback(target.run_id, ctx.app)
+        logger.info("Rolling back %s to run %s (commit %s)", app, target.run_id,
+                    target.commit[:12])
 
     # one active run per application: wait for (or, by policy, give up) the app's slot
     slot = contextlib.ExitStack()
@@ -132,13 +150,16 @@ def _deploy(app: str, ref: str | None, pause_timeout: float, retry_of: str | Non
         # does not count a resume from a suspend as a new run.)
         done.update(record.restore(ctx))
         reuse = [] if done or not retry_of else record.reuse(UUID(retry_of), ctx, PLANNED_STEPS)
+        skip_reason = ""
         ctx.start_run_clock()
         for step in PIPELINE:
             if step.name in done:
                 logger.info("%s already finished in this run; not running it again", step.name)
                 continue
+            if target is not None and step.name == FETCH and not reuse:
+                reuse, skip_reason = _rollback_reuse(ctx, target, record, logger)
             if step.name in reuse:
-                message = f"Reused from run {retry_of} (same inputs)."
+                message = skip_reason or f"Reused from run {retry_of} (same inputs)."
                 skipped_step.with_options(name=step.name, task_run_name=step.name)(message)
                 outcome.skipped(step.name, message)
                 continue
@@ -168,7 +189,28 @@ def _deploy(app: str, ref: str | None, pause_timeout: float, retry_of: str | Non
                            Failed(message=f"{step.name} failed: {failure.message}"), failure)
         # still holding the app's slot: no other run of the app is between steps
         prune_releases(ctx, record, logger)
+        try:
+            record.release(ctx.app)  # what a rollback to this run puts back
+        except Exception as exc:
+            logger.warning("Could not record this release's configuration: %s", exc)
     return end(RunStatus.COMPLETED, Completed(message=f"Deployed {app} at {ctx.commit}"))
+
+
+def _rollback_reuse(ctx: DeployContext, target: rollback.Target, record: RunRecorder,
+                    logger: logging.LoggerAdapter) -> tuple[list[str], str]:
+    """Before Fetch source of a rollback: the steps to skip (Fetch and Build while every image
+    of the release is on every server) and why."""
+    ctx.begin_step(BETWEEN_STEPS)
+    missing = rollback.missing_images(ctx, target, StepLog())
+    if missing:
+        logger.info("Rollback to run %s: image(s) %s no longer on the server(s) (pruned): "
+                    "fetching commit %s and building again", target.run_id, ", ".join(missing),
+                    target.commit[:12])
+        return [], ""
+    rollback.put_back(ctx, target)
+    record.commit(ctx.app, target.commit, target.commit_message)
+    record.services(ctx.merged_releases())
+    return [FETCH, BUILD], f"Skipped: {target.reason()}."
 
 
 def prune_releases(ctx: DeployContext, record: RunRecorder, logger: logging.LoggerAdapter) -> None:
@@ -180,7 +222,7 @@ def prune_releases(ctx: DeployContext, record: RunRecorder, logger: logging.Logg
         keep = releases_to_keep([("Completed", current), *record.app_releases(ctx.app.name)],
                                 ctx.app.keep_releases)
         containers = [commands.container_name(ctx.app.name, s.name) for s in ctx.app.services]
-        ctx.begin_step(PRUNE)
+        ctx.begin_step(BETWEEN_STEPS)
         log = StepLog()
         for index in range(len(ctx.servers)):
             ctx.current = index

@@ -35,6 +35,7 @@ class RunOutcome:
         self.ref = ref
         self.started = flow_run.start_time or _now()
         self.steps: dict[str, Step] = {}
+        self.rollback_to: UUID | None = None  # a rollback run: the run whose release it puts back
 
     def step(self, name: str, state: State, started: datetime) -> None:
         view = step_status(state.type, state.name, state.message, RunStatus.IN_PROGRESS)
@@ -79,7 +80,8 @@ class RunOutcome:
                   app=self.app, status=status, steps=steps, ref=self.ref, commit=ctx.commit,
                   commit_message=ctx.commit_message, started_at=self.started, ended_at=ended,
                   duration=round((ended - self.started).total_seconds(), 3), message=message,
-                  error=failure, services=list(ctx.merged_releases().values()))
+                  error=failure, services=list(ctx.merged_releases().values()),
+                  rollback_to=self.rollback_to, current=status is RunStatus.COMPLETED)
         try:
             markdown_artifact(summary_markdown(run), key=artifact_key(self.app),
                               description=f"deploy-runs: {self.app} {status}")

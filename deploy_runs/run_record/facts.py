@@ -12,6 +12,8 @@ from deploy_runs.models import Failure, ServiceRelease
 LABEL = "deploy-runs"
 RUN_TAG = "deploy-runs"
 FAILURE_KEY = "deploy-runs-failure"
+# a Completed run's runtime configuration (its services, no secret), for a rollback to it
+RELEASE_KEY = "deploy-runs-release"
 # One log record per failed run, at a level of its own (between ERROR and CRITICAL) under this
 # logger name: the index `recurring_failures` reads (light log rows that the server filters by
 # its indexed level and time, instead of every failed flow run in full).

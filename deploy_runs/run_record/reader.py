@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from uuid import UUID
 
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 
@@ -22,6 +23,13 @@ def _seconds(start, end) -> float | None:
     if start is None or end is None:
         return None
     return round((end - start).total_seconds(), 3)
+
+
+def _uuid(value: object) -> UUID | None:
+    try:
+        return UUID(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 def latest_by_step(task_runs: Sequence[TaskRun]) -> dict[str, TaskRun]:
@@ -75,6 +83,7 @@ def run_from_prefect(flow_run: FlowRun, task_runs: Sequence[TaskRun],
         message=state.message if state else None,
         error=failure,
         services=services_from_labels(labels),
+        rollback_to=_uuid(labels.get(fact_label("rollback-to"))),
     )
     run.settled = settled(status, by_step)
     return run

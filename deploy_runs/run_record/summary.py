@@ -34,6 +34,10 @@ def summary_markdown(run: Run) -> str:
                      + (f" {_cell(run.commit_message)}" if run.commit_message else ""))
     if run.duration is not None:
         facts.append(f"**Duration** {_seconds(run.duration)}")
+    if run.rollback_to:
+        facts.append(f"**Rollback** to the release of run {markdown_code(str(run.rollback_to))}")
+    if run.current:
+        facts.append("**Current release** of the app")
     out += ["  \n".join(facts), ""]
     if run.waiting_reason and not run.status.is_final:
         out += [f"> ⏳ {_cell(run.waiting_reason)}", ""]

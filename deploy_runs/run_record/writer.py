@@ -19,6 +19,7 @@ from deploy_runs.run_record.facts import (
     FAILURE_KEY,
     FAILURE_LEVEL,
     FAILURE_LOGGER,
+    RELEASE_KEY,
     RUN_TAG,
     TRIGGER_PREFIX,
     app_tag,
@@ -109,6 +110,21 @@ class RunRecorder:
             ctx.releases[release.name] = release
             ctx.images[release.name] = release.image
         return done
+
+    def release(self, app: Application) -> None:
+        """The runtime configuration of the release this run completed (its services; no
+        secret: those are the app's at the time of a rollback), for a rollback to it."""
+        value = json.dumps([s.model_dump(mode="json") for s in app.services])
+        with get_client(sync_client=True) as client:
+            client.create_flow_run_input(self.run_id, key=RELEASE_KEY, value=value)
+
+    def rollback(self, target_run: UUID, app: Application) -> None:
+        """This run puts back the release of `target_run`, with `app`'s configuration (the
+        release's services)."""
+        with get_client(sync_client=True) as client:
+            write_labels(client, self.run_id, {
+                fact_label("rollback-to"): str(target_run),
+                fact_label("config"): json.dumps(config_snapshot(app), sort_keys=True)})
 
     def services(self, releases: dict[str, ServiceRelease]) -> None:
         value = json.dumps([r.model_dump(mode="json") for r in releases.values()])
