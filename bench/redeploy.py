@@ -7,6 +7,8 @@
   layers earlier bench apps left in the cache (a warmer first deploy).
 - redeploy with no change (nothing built, nothing restarted)
 - redeploy with one service changed (one image rebuilt from cache, one container replaced)
+- rollback to the previous release (its images kept: nothing fetched or built, the changed
+  service's container replaced)
 - the same for a service with a slow dependency layer (`RUN sleep 3`) before its source layer:
   the cache keeps the slow layer, so only the source layer is rebuilt.
 
@@ -33,11 +35,11 @@ SLOW_WEB = ("FROM busybox:latest\nRUN sleep 3 && echo {nonce} > /deps.txt\n"
             'COPY content/ /www/\nCMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')
 
 
-def timed(app: str) -> float:
+def timed(app: str, **options: object) -> float:
     from flows.deploy import run_in_process
 
     start = time.perf_counter()
-    state = run_in_process(app)
+    state = run_in_process(app, **options)
     took = time.perf_counter() - start
     assert state.is_completed(), state
     if VERBOSE:
@@ -77,7 +79,7 @@ def main() -> None:
     global VERBOSE
     VERBOSE = args.verbose
     rows: dict[str, list[float]] = {k: [] for k in (
-        "first", "nochange", "one", "slow-first", "slow-one")}
+        "first", "nochange", "one", "rollback", "slow-first", "slow-one")}
     with bench_environment() as bench:
         timed(bench.app("warmup")[0])
         for _ in range(args.repeats):
@@ -86,6 +88,8 @@ def main() -> None:
             rows["nochange"].append(timed(app))
             push(bench, app, "api/content/index.html", f'{{"v": "{uuid.uuid4().hex}"}}\n')
             rows["one"].append(timed(app))
+            # back to the first release: its images are kept, nothing is built
+            rows["rollback"].append(timed(app, rollback_to="previous"))
 
             app = fresh_app(bench, "slow", args.shared_content,
                             {"web/Dockerfile": SLOW_WEB.format(nonce=uuid.uuid4().hex)})
@@ -109,6 +113,8 @@ def main() -> None:
     own_first = first - base
     print(f"{'  beyond a no-change run: api changed':<48} {own_one:7.3f}s of the first deploy's "
           f"{own_first:.3f}s = {own_one / own_first:.0%} (the ratio with no per-run cost at all)")
+    print(summary("rollback to the previous release", rows["rollback"]) +
+          f"   = {statistics.median(rows['rollback']) / first:.2f} of first (goal: under 0.3)")
     print(summary("first deploy, web has a 3 s dependency layer", rows["slow-first"]))
     print(summary("redeploy, web source changed (cache keeps deps)", rows["slow-one"]) +
           f"   = {statistics.median(rows['slow-one']) / slow_first:.0%} of first")
