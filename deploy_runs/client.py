@@ -21,7 +21,6 @@ from uuid import UUID, uuid4
 
 import httpx
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.client.schemas.actions import DeploymentFlowRunCreate
 from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
@@ -32,7 +31,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL
-from prefect.states import Cancelled, Scheduled, to_state_create
+from prefect.states import Cancelled
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from blocks.application import Application, check_ref
@@ -52,7 +51,6 @@ from deploy_runs.errors import (
 from deploy_runs.logs import LogLine, alogs, logs_sync
 from deploy_runs.models import Failure, LogMatch, RecurringFailure, Run, RunComparison, RunStats
 from deploy_runs.notify import Notification
-from deploy_runs.prefect_compat.resend import arequest, awrite_labels
 from deploy_runs.run_record.facts import FAILURE_KEY, RUN_TAG, app_tag, trigger_tag
 from deploy_runs.run_record.reader import (
     DEPLOY_FLOW,
@@ -123,18 +121,12 @@ class AsyncDeployRuns:
                 parameters["concurrency"] = _concurrency
             if _rollback_to is not None:
                 parameters["rollback_to"] = _rollback_to
-            # Prefect's create_flow_run_from_deployment, sent again at once while a busy
-            # SQLite store answers 503 (Prefect's client waits 2 s, then 4 s: measured as most
-            # of the trigger latency of 5 deploys requested at once). The idempotency key makes
-            # a resend return the run a first attempt may have created.
-            body = DeploymentFlowRunCreate(
-                parameters=parameters, state=to_state_create(Scheduled()),
+            # the idempotency key makes a request Prefect's client sends again (after a
+            # connection broke) return the run a first attempt may have created
+            flow_run = await client.create_flow_run_from_deployment(
+                deployment.id, parameters=parameters,
                 tags=[RUN_TAG, app_tag(app), trigger_tag(_trigger)],
-                idempotency_key=f"deploy-runs-{uuid4()}",
-            ).model_dump(mode="json", exclude_unset=True)
-            response = await arequest(client, "POST",
-                                      f"/deployments/{deployment.id}/create_flow_run", body)
-            flow_run = FlowRun.model_validate(response.json())
+                idempotency_key=f"deploy-runs-{uuid4()}")
         return run_from_prefect(flow_run, [])
 
     async def redeploy(self, app: str) -> Run:
@@ -311,7 +303,7 @@ class AsyncDeployRuns:
             if run.status is not RunStatus.PAUSED and requested(flow_run) != PAUSE:
                 if requested(flow_run) == STOP:
                     raise InvalidControl(f"cannot pause run {run.id}: it is being stopped")
-                await awrite_labels(client, flow_run.id, {CONTROL_LABEL: PAUSE})
+                await client.update_flow_run_labels(flow_run.id, {CONTROL_LABEL: PAUSE})
             return await self.get_run(flow_run.id)
 
     async def resume(self, run_id: UUID | str) -> Run:
@@ -322,10 +314,10 @@ class AsyncDeployRuns:
             flow_run, run = await self._current(client, run_id)
             if run.status is RunStatus.PAUSED:
                 if requested(flow_run) == PAUSE:
-                    await awrite_labels(client, flow_run.id, {CONTROL_LABEL: ""})
+                    await client.update_flow_run_labels(flow_run.id, {CONTROL_LABEL: ""})
                 await client.resume_flow_run(flow_run.id)
             elif not run.status.is_final and requested(flow_run) == PAUSE:
-                await awrite_labels(client, flow_run.id, {CONTROL_LABEL: ""})
+                await client.update_flow_run_labels(flow_run.id, {CONTROL_LABEL: ""})
             else:
                 raise InvalidControl(f"cannot resume run {run.id}: it is {run.status}, "
                                      "not Paused")
@@ -339,7 +331,7 @@ class AsyncDeployRuns:
             if run.status.is_final:
                 raise InvalidControl(f"cannot stop run {run.id}: it has already ended "
                                      f"({run.status})")
-            await awrite_labels(client, flow_run.id, {CONTROL_LABEL: STOP})
+            await client.update_flow_run_labels(flow_run.id, {CONTROL_LABEL: STOP})
             state = flow_run.state
             waiting = state is None or (state.type in (StateType.SCHEDULED, StateType.PENDING)
                                         and state.name != "Resuming")

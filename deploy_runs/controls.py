@@ -34,7 +34,6 @@ from prefect.exceptions import Pause
 from prefect.states import Paused
 from prefect.utilities.engine import propose_state_sync
 
-from deploy_runs.prefect_compat.resend import write_labels
 from deploy_runs.run_record.facts import fact_label
 
 CONTROL_LABEL = fact_label("control")
@@ -139,7 +138,7 @@ class Checkpoint:
             if flow_run.state and flow_run.state.is_running():
                 if requested(flow_run) == PAUSE:
                     # Resumed from elsewhere (e.g. the Prefect UI): the request is spent.
-                    write_labels(client, self.run_id, {CONTROL_LABEL: ""})
+                    client.update_flow_run_labels(self.run_id, {CONTROL_LABEL: ""})
                 self.log(f"resumed; continuing with {step}")
                 return GO
             if time.monotonic() > deadline:

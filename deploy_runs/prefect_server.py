@@ -1,6 +1,7 @@
 """The Prefect server deploy-runs starts for itself (`prefect_local.start_server`): Prefect's own
 server app, run by uvicorn as `prefect server start` runs it, with the seam's server-side workarounds
-(`deploy_runs.prefect_compat.server_app`: busy SQLite writes, a database that does not answer).
+(`deploy_runs.prefect_compat.server_app`: SQLite writes begun IMMEDIATE, a database that does
+not answer answered 503).
 
 The API holds every server's SSH private key (SSHServer blocks), every app's secrets, and
 whoever may create a deployment runs code on the workers. So the server listens beyond loopback
@@ -9,8 +10,8 @@ whoever may create a deployment runs code on the workers. So the server listens 
 `PREFECT_API_AUTH_STRING`): without it `main` refuses before binding. And unless they are set
 explicitly, Prefect's CSRF protection is on and cross-origin requests are allowed from the
 server's own UI origin only (Prefect's defaults: CSRF off, every origin), so a web page in a
-browser that can reach the server cannot drive it. A request without the auth string is not
-buffered or retried here: Prefect answers it 401 (or 403 without a CSRF token).
+browser that can reach the server cannot drive it. Prefect answers a request without the auth
+string 401 (or 403 without a CSRF token).
 
     python -m deploy_runs.prefect_server --host 127.0.0.1 --port 4200
     PREFECT_SERVER_API_AUTH_STRING='admin:LONG-RANDOM' python -m deploy_runs.prefect_server --host 0.0.0.0
@@ -20,13 +21,14 @@ buffered or retried here: Prefect answers it 401 (or 403 without a CSRF token).
 from __future__ import annotations
 
 import argparse
+import base64
 import ipaddress
 import os
 from typing import Literal
 from urllib.parse import urlsplit
 
 from deploy_runs.errors import DeployRunsError
-from deploy_runs.prefect_compat.busy_sqlite import ASGIApp, basic_authorization
+from deploy_runs.prefect_compat.busy_sqlite import ASGIApp
 
 __all__ = ["basic_authorization", "check_bind", "configured_auth_string", "create_app", "is_loopback"]
 
@@ -71,6 +73,11 @@ def check_bind(host: str, auth_string: str | None) -> None:
         f"(a long random password) for the server and {CLIENT_AUTH_SETTING}, the same value, "
         "wherever a worker, the CLI or the Python API runs, with TLS in front of the API; "
         "or listen on 127.0.0.1.")
+
+
+def basic_authorization(auth_string: str) -> bytes:
+    """The Authorization header Prefect's client sends for `auth_string` (HTTP Basic)."""
+    return b"Basic " + base64.b64encode(auth_string.encode())
 
 
 def configured_auth_string(side: Literal["server", "client"]) -> str | None:
@@ -131,11 +138,10 @@ def protect_from_browsers(host: str, port: int) -> dict[str, str]:
 
 
 def create_app() -> ASGIApp:
-    """Prefect's server app with the seam's workarounds, requests checked against the
-    server's API auth string."""
+    """Prefect's server app with the seam's workarounds."""
     from deploy_runs.prefect_compat.server_app import server_app
 
-    return server_app(configured_auth_string("server"))
+    return server_app()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,9 +9,8 @@ against the oldest and the newest Prefect the pin allows.
 
 Every piece covers Prefect 3.9.0 and 3.9.1 (both checked):
 - `tls`: a new TLS context per API client (PrefectHQ/prefect#19106, open);
-- `resend`: the client's 2-8 s back-off on a busy SQLite 503; reaches `client._client`;
-- `busy_sqlite`: SQLite read-then-write requests begun deferred (busy 503s), retried in the
-  server; `database_away`: a database that does not answer is a 500, never retried;
+- `busy_sqlite`: SQLite read-then-write requests begun deferred (busy 503s, each costing a 2 s
+  client back-off); `database_away`: a database that does not answer is a 500, never retried;
   `server_app`: Prefect's server app with both;
 - `log_delivery`: the log worker's drain stops it (a new worker per step), records ordered by
   time only, an empty traceback under each failed step;

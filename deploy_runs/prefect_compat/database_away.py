@@ -16,7 +16,6 @@ from deploy_runs.prefect_compat.busy_sqlite import (
     Receive,
     Scope,
     Send,
-    is_sqlite_busy,
 )
 
 _log = logging.getLogger("deploy_runs.prefect_server")
@@ -47,13 +46,11 @@ def database_away_is_retryable() -> None:
 
 
 def database_away(exc: BaseException) -> bool:
-    """An error of a database that does not answer (stopped, restarting), by Prefect's rule of
-    errors its clients may retry (with `database_away_is_retryable`); not a busy SQLite store
-    (RetryWhenBusy's)."""
+    """An error of a database that does not answer (stopped, restarting) or is busy, by
+    Prefect's rule of errors its clients may retry (with `database_away_is_retryable`)."""
     from prefect.server.api.server import is_client_retryable_exception
 
-    return isinstance(exc, Exception) and not is_sqlite_busy(exc) and \
-        is_client_retryable_exception(exc)
+    return isinstance(exc, Exception) and is_client_retryable_exception(exc)
 
 
 class AnswerDatabaseAway:

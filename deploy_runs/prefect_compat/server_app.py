@@ -1,17 +1,17 @@
-"""Prefect's server app with the seam's server-side workarounds: busy SQLite writes
-(`busy_sqlite`) and a database that does not answer (`database_away`).
+"""Prefect's server app with the seam's server-side workarounds: SQLite read-then-write requests
+begun IMMEDIATE (`busy_sqlite`) and a database that does not answer answered 503
+(`database_away`).
 """
 
 from __future__ import annotations
 
-from deploy_runs.prefect_compat.busy_sqlite import ASGIApp, RetryWhenBusy, sqlite_configuration
+from deploy_runs.prefect_compat.busy_sqlite import ASGIApp, BeginImmediate, sqlite_configuration
 from deploy_runs.prefect_compat.database_away import AnswerDatabaseAway, database_away_is_retryable
 
 
-def server_app(auth_string: str | None) -> ASGIApp:
+def server_app() -> ASGIApp:
     """Prefect's server app (API, UI, services), as `prefect server start` creates it; on
-    SQLite with the database configuration of `sqlite_configuration`, busy writes run again
-    in the server (requests carrying `auth_string`, when one is set); a database that does
+    SQLite with the database configuration of `sqlite_configuration`; a database that does
     not answer is a 503 (`database_away_is_retryable`)."""
     from prefect.server.api.server import create_app as prefect_app
     from prefect.server.database.dependencies import set_database_config
@@ -22,4 +22,4 @@ def server_app(auth_string: str | None) -> ASGIApp:
     if get_dialect(url).name == "sqlite":
         set_database_config(sqlite_configuration(url))
     database_away_is_retryable()
-    return RetryWhenBusy(AnswerDatabaseAway(prefect_app(final=True)), auth_string=auth_string)
+    return BeginImmediate(AnswerDatabaseAway(prefect_app(final=True)))

@@ -14,7 +14,6 @@ from deploy_runs.diagnosis import cause_line
 from deploy_runs.errors import CommandFailed, CommandTimedOut, StepFailed, StepTimedOut
 from deploy_runs.inputs import step_inputs
 from deploy_runs.models import Failure, ServiceRelease
-from deploy_runs.prefect_compat.resend import write_labels
 from deploy_runs.run_record.facts import (
     FAILURE_KEY,
     FAILURE_LEVEL,
@@ -76,7 +75,7 @@ class RunRecorder:
                 tags.add(trigger_tag("prefect" if from_deployment else "in-process"))
             if tags != set(existing_tags):  # runs made by deploy-runs have them already
                 client.update_flow_run(self.run_id, tags=sorted(tags))
-            write_labels(client, self.run_id, {
+            client.update_flow_run_labels(self.run_id, {
                 fact_label("app"): app.name, fact_label("ref"): ref or "",
                 **({fact_label("url"): app.url} if app.url else {}),
                 fact_label("config"): json.dumps(config_snapshot(app), sort_keys=True)})
@@ -85,7 +84,7 @@ class RunRecorder:
         """The commit being deployed, and (now that it is known) each step's input hashes."""
         with get_client(sync_client=True) as client:
             client.update_flow_run(self.run_id, name=f"{app.name}-{commit[:7]}")
-            write_labels(client, self.run_id, {
+            client.update_flow_run_labels(self.run_id, {
                 fact_label("commit"): commit,
                 fact_label("commit-message"): message[:500],
                 fact_label("inputs"): json.dumps(step_inputs(app, commit)),
@@ -122,14 +121,14 @@ class RunRecorder:
         """This run puts back the release of `target_run`, with `app`'s configuration (the
         release's services)."""
         with get_client(sync_client=True) as client:
-            write_labels(client, self.run_id, {
+            client.update_flow_run_labels(self.run_id, {
                 fact_label("rollback-to"): str(target_run),
                 fact_label("config"): json.dumps(config_snapshot(app), sort_keys=True)})
 
     def services(self, releases: dict[str, ServiceRelease]) -> None:
         value = json.dumps([r.model_dump(mode="json") for r in releases.values()])
         with get_client(sync_client=True) as client:
-            write_labels(client, self.run_id, {fact_label("services"): value})
+            client.update_flow_run_labels(self.run_id, {fact_label("services"): value})
 
     def failure(self, failure: Failure, app: str) -> None:
         from datetime import UTC, datetime
@@ -145,7 +144,7 @@ class RunRecorder:
                 facts[fact_label("suggestion")] = f"{first.title}: {first.detail}"[:500]
             if failure.signature:
                 facts[fact_label("failure")] = failure.signature
-            write_labels(client, self.run_id, facts)
+            client.update_flow_run_labels(self.run_id, facts)
             if failure.signature:
                 client.create_logs([LogCreate(
                     name=FAILURE_LOGGER, level=FAILURE_LEVEL, timestamp=datetime.now(UTC),

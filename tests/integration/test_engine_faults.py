@@ -36,7 +36,6 @@ from deploy_runs import (
     sandbox,
 )
 from deploy_runs.concurrency import HELD, LEASE_LABEL, SLOT_LABEL, limit_name
-from deploy_runs.prefect_compat.resend import write_labels
 from deploy_runs.prefect_local import healthy, start_server, start_worker, stop
 from deploy_runs.sandbox_blocks import save_server_blocks
 
@@ -273,7 +272,7 @@ def test_a_slot_still_held_by_an_ended_run_is_freed_at_once(engine, make_app):
             "names": [limit_name(app.name)], "slots": 1, "mode": "concurrency",
             "lease_duration": 600, "holder": ConcurrencyLeaseHolder(
                 type="flow_run", id=first.id).model_dump(mode="json")}).json()
-        write_labels(prefect, first.id, {SLOT_LABEL: HELD, LEASE_LABEL: taken["lease_id"]})
+        prefect.update_flow_run_labels(first.id, {SLOT_LABEL: HELD, LEASE_LABEL: taken["lease_id"]})
     again = client.wait(client.deploy(app.name).id, timeout=60)
     assert again.status is RunStatus.COMPLETED, again.error
     freed = [line.text for line in client.logs(again.id) if FREED in line.text]

@@ -64,8 +64,11 @@ def test_redeploy_rebuilds_and_restarts_only_the_changed_service(client, make_ap
     assert not any(c.name.endswith("-previous") for c in docker_client.containers.list(
         all=True, filters={"label": f"deploy-runs.app={app.name}"}))
 
-    # The earlier run is unchanged in history; runs are listed most recent first.
-    assert client.get_run(first.id) == first
+    # The earlier run is unchanged in history, but no longer the current release; runs are
+    # listed most recent first.
+    earlier = client.get_run(first.id)
+    assert earlier.model_dump(exclude={"current"}) == first.model_dump(exclude={"current"})
+    assert first.current and not earlier.current and client.get_run(second.id).current
     assert [r.id for r in client.runs(app=app.name)] == [second.id, first.id]
 
     shown = subprocess.run([sys.executable, "-m", "deploy_runs.cli", "show", str(second.id)],

@@ -12,7 +12,6 @@ import inspect
 import sqlite3
 from importlib.metadata import version
 
-import httpx
 import pytest
 
 from deploy_runs import prefect_compat
@@ -59,20 +58,6 @@ def test_process_job_configuration_says_whether_its_command_is_set():
         f"warm_worker: ProcessJobConfiguration._command_configured is gone in Prefect {PREFECT}"
 
 
-def test_api_clients_keep_their_httpx_client_and_csrf_headers():
-    """resend: sends through Prefect's own httpx client (`client._client`), with its CSRF
-    token (`_add_csrf_headers`, `enable_csrf_support`)."""
-    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
-
-    sync = SyncPrefectClient("http://127.0.0.1:9/api")
-    async_client = PrefectClient("http://127.0.0.1:9/api")
-    for client, kind in ((sync, httpx.Client), (async_client, httpx.AsyncClient)):
-        http = getattr(client, "_client", None)
-        assert isinstance(http, kind), f"resend: {type(client).__name__}._client is not {kind}"
-        assert hasattr(http, "_add_csrf_headers") and hasattr(http, "enable_csrf_support"), \
-            f"resend: Prefect {PREFECT}'s httpx client has no _add_csrf_headers"
-
-
 def test_api_clients_build_their_tls_context_through_the_module_ssl():
     """tls: Prefect's client module calls `ssl.create_default_context` through its own `ssl`
     name, which share_tls_context replaces."""
@@ -84,8 +69,8 @@ def test_api_clients_build_their_tls_context_through_the_module_ssl():
 
 
 def test_the_server_answers_retryable_errors_503_by_a_module_level_rule():
-    """busy_sqlite and database_away: Prefect's handler answers 503 with the body RetryWhenBusy
-    recognises, for the errors of `is_client_retryable_exception`, looked up at call time (so
+    """database_away: Prefect's handler answers 503 with the body AnswerDatabaseAway answers
+    too, for the errors of `is_client_retryable_exception`, looked up at call time (so
     database_away_is_retryable can widen it)."""
     import prefect.server.api.server as server
 
@@ -97,7 +82,7 @@ def test_the_server_answers_retryable_errors_503_by_a_module_level_rule():
     busy = __import__("sqlalchemy.exc").exc.OperationalError(
         "INSERT", {}, sqlite3.OperationalError("database is locked"))
     assert server.is_client_retryable_exception(busy), \
-        "busy_sqlite: a locked SQLite database is no longer a retryable error"
+        "database_away: a locked SQLite database is no longer a retryable error"
 
 
 def test_the_sqlite_configuration_takes_a_begin_mode_per_transaction():

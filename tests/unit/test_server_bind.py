@@ -3,14 +3,9 @@ loopback only with Prefect's API auth string; CSRF on and CORS from its own UI b
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
-import json
-import sqlite3
 
 import pytest
-import sqlalchemy.exc
 from prefect.settings import (
     PREFECT_API_AUTH_STRING,
     PREFECT_API_URL,
@@ -21,7 +16,6 @@ from prefect.settings import (
 )
 
 from deploy_runs.errors import DeployRunsError
-from deploy_runs.prefect_compat.busy_sqlite import BUSY_BODY, RetryWhenBusy
 from deploy_runs.prefect_local import api_url
 from deploy_runs.prefect_server import (
     UnprotectedAPI,
@@ -114,64 +108,3 @@ def test_the_own_origins_are_the_uis_and_the_listening_address():
 ])
 def test_the_api_url_this_machine_uses(host, url):
     assert api_url(4200, host) == url
-
-
-# RetryWhenBusy with an auth string: a request without it is neither buffered nor retried
-
-class Busy:
-    """An app that answers every request as Prefect does a busy SQLite store."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, scope, receive, send):
-        self.calls += 1
-        await send({"type": "http.response.start", "status": 503, "headers": []})
-        await send({"type": "http.response.body", "body": json.dumps(BUSY_BODY).encode()})
-        raise sqlalchemy.exc.OperationalError("UPDATE flow_run ...", {},
-                                              sqlite3.OperationalError("database is locked"))
-
-
-def call(app, headers: list[tuple[bytes, bytes]]) -> tuple[list[int], int]:
-    """One POST through `app`; (statuses sent, how many body messages were read)."""
-    scope = {"type": "http", "method": "POST", "path": "/api/flow_runs/", "root_path": "",
-             "state": {}, "headers": headers}
-    reads = 0
-    sent: list[int] = []
-
-    async def receive():
-        nonlocal reads
-        reads += 1
-        return {"type": "http.request", "body": b"{}", "more_body": False}
-
-    async def send(message):
-        if message["type"] == "http.response.start":
-            sent.append(message["status"])
-
-    with contextlib.suppress(sqlalchemy.exc.OperationalError):
-        asyncio.run(app(scope, receive, send))
-    return sent, reads
-
-
-@pytest.mark.parametrize("headers", [
-    [], [(b"authorization", basic_authorization("admin:wrong"))],
-    [(b"authorization", b"Bearer admin:pw")],
-])
-def test_a_request_without_the_auth_string_goes_straight_through(headers):
-    app = Busy()
-    sent, reads = call(RetryWhenBusy(app, patience=0.05, auth_string="admin:pw"), headers)
-    # not read here, run once: Prefect's own middleware answers it (401) before its body
-    assert (sent, reads, app.calls) == ([503], 0, 1)
-
-
-def test_a_request_with_the_auth_string_is_retried_when_busy():
-    app = Busy()
-    sent, reads = call(RetryWhenBusy(app, patience=0.05, auth_string="admin:pw"),
-                       [(b"authorization", basic_authorization("admin:pw"))])
-    assert reads == 1 and app.calls > 1 and sent == [503]
-
-
-def test_without_an_auth_string_every_request_may_be_retried():
-    app = Busy()
-    sent, reads = call(RetryWhenBusy(app, patience=0.05), [])
-    assert reads == 1 and app.calls > 1 and sent == [503]

@@ -13,7 +13,7 @@ from prefect.server.database.configurations import SQLITE_BEGIN_MODE
 
 from deploy_runs.prefect_compat.busy_sqlite import (
     _BEGIN_IMMEDIATE,
-    RetryWhenBusy,
+    BeginImmediate,
     begins_immediate,
     sqlite_configuration,
 )
@@ -53,7 +53,7 @@ def test_the_middleware_marks_the_request_it_passes_on():
         pass
 
     async def requests() -> list[bool]:
-        middleware, after = RetryWhenBusy(app), []
+        middleware, after = BeginImmediate(app), []
         for method, path in (("PATCH", "/api/flow_runs/1/labels"),
                              ("POST", "/api/flow_runs/filter"),
                              ("POST", "/api/deployments/1/create_flow_run")):
