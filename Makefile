@@ -26,8 +26,12 @@ $(PY):
 
 venv: $(PY)
 
-install: $(PY)
+# pip runs again only when the project's dependencies change (a stamp in the virtualenv)
+$(VENV)/.installed: $(PY) pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
 	$(PY) -m deploy_runs.sandbox install
 
 demo: install
@@ -40,8 +44,8 @@ test: install
 unit:
 	$(PY) -m pytest tests/unit
 
-unit-oldest: $(PY)
-	test -x $(OLDEST)/bin/python || $(PY) -m venv $(OLDEST) || $(PYTHON) -m venv $(OLDEST)
+unit-oldest: $(VENV)/.installed
+	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
 	$(OLDEST)/bin/python -m pip install --quiet --disable-pip-version-check -e . \
 	  'prefect==$(PREFECT_OLDEST)' 'pytest>=8' 'pytest-timeout>=2.3'
 	$(OLDEST)/bin/python -m pytest tests/unit
