@@ -29,10 +29,10 @@ from deploy_runs.models import Failure
 from deploy_runs.prefect_compat.sync_calls import load_block, state_result
 from deploy_runs.prefect_compat.tls import share_tls_context_in_run_process
 from deploy_runs.releases import prune_server, releases_to_keep
+from deploy_runs.remote import CollectingSink
 from deploy_runs.run_record.ending import RunOutcome
 from deploy_runs.run_record.writer import RunRecorder, failure_from_exception
 from deploy_runs.status import SKIPPED_STATE_NAME, RunStatus
-from deploy_runs.steplog import StepLog
 from deploy_runs.steps import PIPELINE, PLANNED_STEPS, DeployContext, StepSpec
 from deploy_runs.steps.build import NAME as BUILD
 from deploy_runs.steps.context import servers_of
@@ -201,7 +201,7 @@ def _rollback_reuse(ctx: DeployContext, target: rollback.Target, record: RunReco
     """Before Fetch source of a rollback: the steps to skip (Fetch and Build while every image
     of the release is on every server) and why."""
     ctx.begin_step(BETWEEN_STEPS)
-    missing = rollback.missing_images(ctx, target, StepLog())
+    missing = rollback.missing_images(ctx, target, CollectingSink())
     if missing:
         logger.info("Rollback to run %s: image(s) %s no longer on the server(s) (pruned): "
                     "fetching commit %s and building again", target.run_id, ", ".join(missing),
@@ -223,16 +223,18 @@ def prune_releases(ctx: DeployContext, record: RunRecorder, logger: logging.Logg
                                 ctx.app.keep_releases)
         containers = [commands.container_name(ctx.app.name, s.name) for s in ctx.app.services]
         ctx.begin_step(BETWEEN_STEPS)
-        log = StepLog()
+        # the commands' output is not logged: outside a step, output records and the run's own
+        # lines travel through different log workers, and a follower reading by time could
+        # pass one before the other arrived; the one line per server says what was removed
         for index in range(len(ctx.servers)):
             ctx.current = index
-            stopped, removed = prune_server(ctx.host(), ctx.app.name, keep, containers, log)
+            stopped, removed = prune_server(ctx.host(), ctx.app.name, keep, containers,
+                                            CollectingSink())
             where = f" on {ctx.label(ctx.server)}" if ctx.multi else ""
-            log.info("Pruned%s: %s (keeping the newest %d release(s))", where,
+            logger.info("Pruned%s: %s (keeping the newest %d release(s))", where,
                      ", ".join([*(f"image {t}" for t in removed),
                                 *(f"stopped container {n}" for n in stopped)]) or "nothing to remove",
                      ctx.app.keep_releases)
-        log.flush()
     except Exception as exc:
         logger.warning("Could not remove old releases (the deploy itself is done): %s", exc)
     finally:
