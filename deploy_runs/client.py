@@ -93,12 +93,7 @@ class AsyncDeployRuns:
             except ValueError as exc:
                 raise ConfigError([f"ref: {exc}"]) from None
         async with get_client() as client:
-            try:
-                deployment = await client.read_deployment_by_name(deployment_name(app))
-            except ObjectNotFound:
-                raise AppNotFound(
-                    f"no application {app!r}: add it with `deploy-runs apps add SPEC.yaml`"
-                ) from None
+            deployment = await _deployment(client, app)
             settings = await _app_settings(client, app)
             if settings.get("require_worker_seconds"):
                 reason = await _pool_reason(client, deployment.work_pool_name,
@@ -144,11 +139,7 @@ class AsyncDeployRuns:
         from deploy_runs.rollback import PREVIOUS, afind_target
 
         async with get_client() as client:
-            try:
-                await client.read_deployment_by_name(deployment_name(app))
-            except ObjectNotFound:
-                raise AppNotFound(f"no application {app!r}: add it with `deploy-runs apps add "
-                                  "SPEC.yaml`") from None
+            await _deployment(client, app)
         target = await afind_target(app, str(to) if to is not None else PREVIOUS)
         return await self.deploy(app, target.commit or None, _trigger="rollback",
                                  _rollback_to=str(target.run_id))
@@ -248,11 +239,7 @@ class AsyncDeployRuns:
         if keep is not None and keep < 1:
             raise ConfigError([f"keep: {keep}: at least 1 (the current release stays)"])
         async with get_client() as client:
-            try:
-                await client.read_deployment_by_name(deployment_name(app))
-            except ObjectNotFound:
-                raise AppNotFound(f"no application {app!r}: add it with `deploy-runs apps add "
-                                  "SPEC.yaml`") from None
+            await _deployment(client, app)
             active = await client.read_flow_runs(flow_run_filter=active_filter(app),
                                                  sort=ACTIVE_SORT, limit=50)
             if active:
@@ -270,11 +257,7 @@ class AsyncDeployRuns:
 
         async with get_client() as client:
             if app is not None:
-                try:
-                    await client.read_deployment_by_name(deployment_name(app))
-                except ObjectNotFound:
-                    raise AppNotFound(f"no application {app!r}: add it with `deploy-runs apps "
-                                      "add SPEC.yaml`") from None
+                await _deployment(client, app)
             return await notify.add(client, app, on, block)
 
     async def notifications(self, app: str | None = None) -> list[Notification]:
@@ -408,6 +391,15 @@ class AsyncDeployRuns:
         for run in runs:
             run.current = run.status is RunStatus.COMPLETED and current.get(run.app) == run.id
         return runs
+
+
+async def _deployment(client: PrefectClient, app: str) -> Any:
+    """The app's Prefect deployment; AppNotFound when there is none."""
+    try:
+        return await client.read_deployment_by_name(deployment_name(app))
+    except ObjectNotFound:
+        raise AppNotFound(f"no application {app!r}: add it with `deploy-runs apps add "
+                          "SPEC.yaml`") from None
 
 
 async def _current_release(client: PrefectClient, app: str) -> UUID | None:

@@ -190,13 +190,12 @@ class LeaseKeeper:
     `retry_after` seconds (the lease lasts LEASE_SECONDS); a lease the server no longer has
     (`LeaseLost`) is said once and not renewed again.
 
-    Why not Prefect's own renewal (`maintain_concurrency_lease`, in the private module
-    prefect.concurrency._leases in 3.9): measured side by side, it costs one more request per
-    run (about 2 ms, 8 ms of CPU: no benchmark figure changes), but it gives up renewing after
-    three failed attempts, so a server away for longer (tests/integration/test_engine_faults.py
-    stops it for 10 s) would let the lease run out under a run that is still deploying, and the
-    next run of the app start beside it. This keeps trying every `retry_after` seconds, through
-    Prefect's public client."""
+    Why not Prefect's own renewal (`maintain_concurrency_lease`, not public in 3.9): measured
+    side by side, it costs one more request per run (about 2 ms, 8 ms of CPU: no benchmark
+    figure changes), but it gives up renewing after three failed attempts, so a server away
+    for longer (tests/integration/test_engine_faults.py stops it for 10 s) would let the lease
+    run out under a run that is still deploying, and the next run of the app start beside it.
+    This keeps trying every `retry_after` seconds, through Prefect's public client."""
 
     def __init__(self, renew: Callable[[], None], *, log: Callable[[str], None],
                  every: float = RENEW_EVERY, retry_after: float = RENEW_RETRY_SECONDS,

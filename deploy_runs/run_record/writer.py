@@ -5,7 +5,7 @@ structured failure (a flow-run input, Prefect's per-run key-value store)."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -150,9 +150,9 @@ class RunRecorder:
                     name=FAILURE_LOGGER, level=FAILURE_LEVEL, timestamp=datetime.now(UTC),
                     flow_run_id=self.run_id, message=failure_index_line(app, failure))])
 
-    def app_releases(self, app: str, limit: int = 100) -> list[tuple[str, list[str]]]:
-        """(Completed / Failed, images) of the app's ended runs before this one, newest first:
-        what `releases.releases_to_keep` decides from."""
+    def _earlier_runs(self, app: str, states: list[str], sort: str,
+                      limit: int) -> list[Any]:
+        """The app's runs before this one in one of `states` (StateType names), by `sort`."""
         from prefect.client.schemas.filters import (
             FlowRunFilter,
             FlowRunFilterId,
@@ -164,38 +164,26 @@ class RunRecorder:
         from prefect.client.schemas.sorting import FlowRunSort
 
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(
+            return client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
                     tags=FlowRunFilterTags(all_=[RUN_TAG, app_tag(app)]),
                     id=FlowRunFilterId(not_any_=[self.run_id]),
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[
-                        StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]))),
-                sort=FlowRunSort.END_TIME_DESC, limit=limit)
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(
+                        any_=[StateType(s) for s in states]))),
+                sort=FlowRunSort(sort), limit=limit)
+
+    def app_releases(self, app: str, limit: int = 100) -> list[tuple[str, list[str]]]:
+        """(Completed / Failed, images) of the app's ended runs before this one, newest first:
+        what `releases.releases_to_keep` decides from."""
+        runs = self._earlier_runs(app, ["COMPLETED", "FAILED", "CRASHED"], "END_TIME_DESC", limit)
         return [("Completed" if r.state and r.state.is_completed() else "Failed",
                  [s.image for s in services_from_labels(r.labels or {})]) for r in runs]
 
     def recent_failures(self, app: str, limit: int = 10) -> list[tuple[str | None, object]]:
         """(failure signature or None, start time) of the app's `limit` runs before this one,
         most recent first."""
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterId,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-            FlowRunFilterTags,
-        )
-        from prefect.client.schemas.objects import StateType
-        from prefect.client.schemas.sorting import FlowRunSort
-
-        with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    tags=FlowRunFilterTags(all_=[RUN_TAG, app_tag(app)]),
-                    id=FlowRunFilterId(not_any_=[self.run_id]),
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[
-                        StateType.COMPLETED, StateType.FAILED, StateType.CRASHED,
-                        StateType.CANCELLED]))),
-                sort=FlowRunSort.START_TIME_DESC, limit=limit)
+        runs = self._earlier_runs(app, ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"],
+                                  "START_TIME_DESC", limit)
         return [((r.labels or {}).get(fact_label("failure")), r.start_time) for r in runs]
 
     def reuse(self, earlier: UUID, ctx: DeployContext, planned: tuple[str, ...]) -> list[str]:
