@@ -217,8 +217,11 @@ def prune_releases(ctx: DeployContext, record: RunRecorder, logger: logging.Logg
     """Remove the images and stopped containers of the app's releases older than its newest
     `keep_releases` from every server (deploy_runs/releases.py); the run's log lists them. Best
     effort: a run that deployed is not failed by its clean-up."""
+    releases = ctx.merged_releases().values()
+    if not any(r.build == "rebuilt" for r in releases):
+        return  # no new image, no new release: nothing more to keep than before (~1 s saved)
     try:
-        current = [release.image for release in ctx.merged_releases().values()]
+        current = [release.image for release in releases]
         keep = releases_to_keep([("Completed", current), *record.app_releases(ctx.app.name)],
                                 ctx.app.keep_releases)
         containers = [commands.container_name(ctx.app.name, s.name) for s in ctx.app.services]
