@@ -20,7 +20,7 @@ import uvicorn
 from deploy_runs import RunStatus
 from deploy_runs.webhooks import prefect_hooks, read_secret, receiver, sign, start_push_run
 
-from .conftest import slow_build_files, wait_for
+from .conftest import held, slow_build_files, wait_for
 
 pytestmark = pytest.mark.timeout(420)
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "webhooks"
@@ -91,24 +91,27 @@ def test_a_signed_push_deploys_that_commit_and_nothing_else_starts_a_run(client,
 
 
 def test_a_burst_of_pushes_from_each_host_deploys_the_newest_commit(client, make_app, hook_url):
-    app = make_app("hello")
+    mark = f"b{uuid.uuid4().hex[:8]}"
+    app = make_app("hello", files=slow_build_files(1, mark))
     secret = read_secret(app.name)
-    # a build long enough that the later pushes arrive while the first run holds the slot
-    commits = [app.push({**slow_build_files(6, uuid.uuid4().hex),
-                         "site/index.html": f"<h1>push {i}</h1>\n"}, f"push {i}")
-               for i in range(3)]
-    answers = [post(hook_url, host, app, commit, secret)
-               for host, commit in zip(("gitlab", "gitea", "github"), commits, strict=True)]
-    assert [a.status_code for a in answers] == [202, 202, 202], [a.text for a in answers]
-    ids = [a.json()["started"][0]["run"] for a in answers]
+    holder = client.deploy(app.name)
+    # the pushes arrive while a run holds the app's slot (its build held on the server), so
+    # all three wait: the two older ones see a newer push and end, whatever order their
+    # processes start in
+    with held(mark):
+        commits = [app.push({"site/index.html": f"<h1>push {i}</h1>\n"}, f"push {i}")
+                   for i in range(3)]
+        answers = [post(hook_url, host, app, commit, secret)
+                   for host, commit in zip(("gitlab", "gitea", "github"), commits, strict=True)]
+        assert [a.status_code for a in answers] == [202, 202, 202], [a.text for a in answers]
+        ids = [a.json()["started"][0]["run"] for a in answers]
+        wait_for(lambda: all(client.get_run(i).status is RunStatus.STOPPED for i in ids[:2]),
+                 120, "the two older pushes to be replaced")
     runs = [client.wait(i, timeout=240) for i in ids]
+    assert client.wait(holder.id, timeout=240).status is RunStatus.COMPLETED
     assert [r.ref for r in runs] == commits  # each run asked for its push's commit
+    for earlier in runs[:-1]:  # replaced while waiting: their code never ran
+        assert "Replaced by a newer run" in (earlier.message or ""), earlier
+        assert all(s.started_at is None for s in earlier.steps), earlier
     assert (runs[-1].status, runs[-1].commit) == (RunStatus.COMPLETED, commits[-1])
-    # an earlier push still waiting when a newer one came was replaced: its code never ran
-    # (which one waited depends on which run took the slot first)
-    for earlier in runs[:-1]:
-        assert earlier.status is RunStatus.COMPLETED or (
-            earlier.status is RunStatus.STOPPED
-            and "Replaced by a newer run" in (earlier.message or "")), earlier
-    assert runs[1].status is RunStatus.STOPPED, runs[1]
     assert "push 2" in httpx.get(app.url(), timeout=5).text
