@@ -210,6 +210,12 @@ def start_redis(state: Path, port: int, timeout: float = 30.0) -> str:
     return url
 
 
+def sqlite_database(state: Path) -> Path:
+    """Where a server started by start_server with `state` keeps its SQLite database (the
+    default of its PREFECT_HOME, `state`/home)."""
+    return state / "home" / "prefect.db"
+
+
 def start_server(port: int = DEFAULT_PORT, state: Path | None = None,
                  timeout: float = 90.0, database_url: str | None = None,
                  host: str = "127.0.0.1", auth_string: str | None = None,
@@ -233,7 +239,7 @@ def start_server(port: int = DEFAULT_PORT, state: Path | None = None,
     # the UI asks the server where the API is: without this it answers port 4200 (a server
     # reached from other machines keeps the PREFECT_UI_API_URL it is given)
     ui_api_url = url if is_loopback(host) else os.environ.get("PREFECT_UI_API_URL", url)
-    env = {**os.environ, **SERVER_SETTINGS, "PREFECT_HOME": str(state / "home"),
+    env = {**os.environ, **SERVER_SETTINGS, "PREFECT_HOME": str(sqlite_database(state).parent),
            "PREFECT_UI_API_URL": ui_api_url}
     if redis_url:
         env.update({LEASE_STORAGE_SETTING: REDIS_LEASES, "PREFECT_REDIS_MESSAGING_URL": redis_url})

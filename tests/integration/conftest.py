@@ -29,7 +29,13 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from blocks import Application
 from deploy_runs import DeployRuns, sandbox
 from deploy_runs.gitrepo import publish
-from deploy_runs.prefect_local import FLOW_SETTINGS, start_server, start_worker, stop
+from deploy_runs.prefect_local import (
+    FLOW_SETTINGS,
+    sqlite_database,
+    start_server,
+    start_worker,
+    stop,
+)
 from deploy_runs.sandbox_blocks import save_server_blocks
 from deploy_runs.spec import load_server, parse_spec, register, to_application
 
@@ -44,14 +50,10 @@ BUILDER_SERVERS = {"legacy": "sandbox-local", "buildkit": "sandbox-buildkit"}
 _builder = {"name": "legacy"}
 
 
-_crash = {"watched": False}
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-    _crash["watched"] = any("test_never_hang.py" in item.nodeid for item in items)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -101,9 +103,6 @@ def sandbox_info() -> sandbox.SandboxInfo:
     return sandbox.up()
 
 
-_migrated: dict[str, Path] = {}  # the session server's database as it started
-
-
 @pytest.fixture(scope="session")
 def prefect_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("prefect")
@@ -117,11 +116,9 @@ def prefect_api(prefect_state: Path) -> Iterator[str]:
         url = start_server(free_port(), state=prefect_state)
         # the fresh, migrated database, before any test writes to it: the tests' other local
         # servers start from a copy (4-5 s) instead of migrating an empty one (12-13 s)
-        template = prefect_state / "migrated.db"
-        with contextlib.closing(sqlite3.connect(prefect_state / "home" / "prefect.db")) as live, \
-                contextlib.closing(sqlite3.connect(template)) as copy:
+        with contextlib.closing(sqlite3.connect(sqlite_database(prefect_state))) as live, \
+                contextlib.closing(sqlite3.connect(prefect_state / MIGRATED)) as copy:
             live.backup(copy)
-        _migrated["template"] = template
     os.environ["PREFECT_API_URL"] = url  # for the worker and CLI subprocesses
     os.environ.update(FLOW_SETTINGS)  # for flows run in-process by the tests' subprocesses
     with temporary_settings(updates={PREFECT_API_URL: url}):
@@ -130,14 +127,20 @@ def prefect_api(prefect_state: Path) -> Iterator[str]:
         stop(prefect_state)
 
 
-def migrated_database(state: Path) -> Path:
-    """`state` (a directory start_server will use) with a copy of the session server's database
-    as it was when the server had started (migrated, no test's data), when there is one."""
-    state.mkdir(parents=True, exist_ok=True)
-    if "template" in _migrated:
-        (state / "home").mkdir(exist_ok=True)
-        shutil.copyfile(_migrated["template"], state / "home" / "prefect.db")
-    return state
+MIGRATED = "migrated.db"  # in the session server's state: its database as it started
+
+
+@pytest.fixture(scope="session")
+def migrated_database(prefect_api: str, prefect_state: Path) -> Callable[[Path], Path]:
+    """Factory: a directory for start_server holding a copy of the session server's database
+    as it was when that server had started (migrated, no test's data), when there is one."""
+    def seeded(state: Path) -> Path:
+        state.mkdir(parents=True, exist_ok=True)
+        if (prefect_state / MIGRATED).exists():
+            sqlite_database(state).parent.mkdir(exist_ok=True)
+            shutil.copyfile(prefect_state / MIGRATED, sqlite_database(state))
+        return state
+    return seeded
 
 
 @pytest.fixture(scope="session")
@@ -385,5 +388,5 @@ def crash_watch(client, make_app, prefect_api, tmp_path_factory, webhook_receive
 def _a_crash_watched_from_the_start(request: pytest.FixtureRequest) -> None:
     """When test_never_hang is among the tests, its two minutes of waiting for Prefect's
     heartbeats to run out overlap the tests that come before it."""
-    if _crash["watched"]:
+    if any("test_never_hang.py" in item.nodeid for item in request.session.items):
         request.getfixturevalue("crash_watch")

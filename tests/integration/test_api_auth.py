@@ -38,7 +38,7 @@ from deploy_runs.prefect_local import healthy, start_server, start_worker, stop
 from deploy_runs.prefect_server import basic_authorization
 from deploy_runs.sandbox_blocks import save_server_blocks
 
-from .conftest import free_port, http_get, migrated_database, wait_for
+from .conftest import free_port, http_get, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -99,7 +99,7 @@ def csrf_headers(url: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def locked(prefect_api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Locked]:
+def locked(migrated_database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Locked]:
     """A second local Prefect server with the auth string, holding an SSHServer block (with a
     private key), a flow and a deployment - saved through Prefect's client with the string."""
     state = migrated_database(tmp_path_factory.mktemp("locked-api"))
@@ -297,7 +297,7 @@ def test_prefect_up_refuses_all_addresses_without_an_auth_string(tmp_path):
     assert not healthy(f"http://127.0.0.1:{port}/api")
 
 
-def test_the_server_serves_all_addresses_with_an_auth_string(prefect_api, tmp_path):
+def test_the_server_serves_all_addresses_with_an_auth_string(migrated_database, tmp_path):
     state = migrated_database(tmp_path / "open")
     port = free_port()
     try:

@@ -39,7 +39,7 @@ from deploy_runs.concurrency import HELD, LEASE_LABEL, SLOT_LABEL, limit_name
 from deploy_runs.prefect_local import healthy, start_server, start_worker, stop
 from deploy_runs.sandbox_blocks import save_server_blocks
 
-from .conftest import free_port, migrated_database, wait_for
+from .conftest import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -69,7 +69,8 @@ class Engine:
 
 
 @pytest.fixture(scope="module")
-def engine(sandbox_info: sandbox.SandboxInfo, prefect_api, tmp_path_factory) -> Iterator[Engine]:
+def engine(sandbox_info: sandbox.SandboxInfo, migrated_database,
+           tmp_path_factory) -> Iterator[Engine]:
     state: Path = migrated_database(tmp_path_factory.mktemp("engine"))
     port = free_port()
     try:
