@@ -1,11 +1,13 @@
 """Docker engines: the main one (reused if it already runs) and one per namespace host, each
-with a locally built ``busybox:latest`` because no registry can be reached."""
+with a locally built ``busybox:latest`` and reverse-proxy image (``PROXY_IMAGE``, nginx)
+because no registry can be reached."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import logging
+import os
 import shutil
 import socket
 import tempfile
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from .hosts import MAIN_DOCKER_HOST, HostSpec
 from .layout import Layout, mkdir
+from .packages import nginx_binary
 from .processes import (
     Pending,
     SandboxError,
@@ -106,6 +109,129 @@ def ensure_base_image(docker_host: str) -> bool:
         # The classic builder uses a local base image without asking a registry.
         env = daemon_env({"DOCKER_HOST": docker_host, "DOCKER_BUILDKIT": "0"})
         run(["docker", "build", "-q", "-t", BASE_IMAGE, ctx], env=env, timeout=300)
+    return True
+
+
+# --- the reverse-proxy image ----------------------------------------------------------------
+
+PROXY_IMAGE = "deploy-runs-nginx:sandbox"
+
+# Like the official nginx image: nginx in the foreground as PID 1, a graceful stop on SIGQUIT,
+# the server blocks in /etc/nginx/conf.d/*.conf.  FROM scratch, so there is no shell: COPY only.
+_PROXY_DOCKERFILE = """\
+FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+LABEL org.deploy-runs.sandbox-proxy="1"
+EXPOSE 80
+STOPSIGNAL SIGQUIT
+CMD ["nginx", "-g", "daemon off;"]
+"""
+
+_PROXY_NGINX_CONF = """\
+user nobody nogroup;
+worker_processes 2;
+pid /run/nginx.pid;
+error_log /dev/stderr notice;
+
+events {
+    worker_connections 1024;
+}
+
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log off;
+    sendfile on;
+    keepalive_timeout 65;
+    include /etc/nginx/conf.d/*.conf;
+}
+"""
+
+_PROXY_MIME_TYPES = """\
+types {
+    text/html html htm;
+    text/css css;
+    text/plain txt;
+    text/xml xml;
+    application/javascript js mjs;
+    application/json json;
+    application/pdf pdf;
+    application/wasm wasm;
+    application/zip zip;
+    application/gzip gz;
+    image/gif gif;
+    image/jpeg jpeg jpg;
+    image/png png;
+    image/svg+xml svg svgz;
+    image/webp webp;
+    image/x-icon ico;
+    font/woff woff;
+    font/woff2 woff2;
+}
+"""
+
+_PROXY_FILES = {
+    "etc/passwd": "root:x:0:0:root:/root:/sbin/nologin\n"
+                  "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n",
+    "etc/group": "root:x:0:\nnogroup:x:65534:\n",
+    "etc/nginx/nginx.conf": _PROXY_NGINX_CONF,
+    "etc/nginx/mime.types": _PROXY_MIME_TYPES,
+}
+
+# The paths Debian's binary was configured with (nginx -V): the prefix, the modules, the
+# parent of the temp paths (nginx makes body/, proxy/... itself, owned by the worker user), the
+# access log's directory, the lock file's; the pid file's is set in nginx.conf.
+_PROXY_DIRS = ("etc/nginx/conf.d", "usr/share/nginx/html", "usr/lib/nginx/modules",
+               "var/lib/nginx", "var/log/nginx", "var/lock", "run", "tmp", "root")
+
+
+def shared_libraries(binary: Path) -> list[Path]:
+    """The shared libraries and the dynamic loader ``binary`` loads (``ldd``)."""
+    proc = run(["ldd", str(binary)], env=daemon_env())
+    libs: list[Path] = []
+    for line in proc.stdout.splitlines():
+        name, arrow, target = line.strip().partition("=>")
+        path = (target if arrow else name).split("(")[0].strip()
+        if "not found" in path:
+            raise SandboxError(f"{binary} needs {name.strip()}, which is not found")
+        if path.startswith("/"):
+            libs.append(Path(path))
+    if not libs:
+        raise SandboxError(f"ldd found no shared library of {binary}: {proc.stdout.strip()}")
+    return libs
+
+
+def proxy_context(ctx: Path, binary: Path) -> None:
+    """The build context of ``PROXY_IMAGE`` in ``ctx``: Dockerfile and rootfs/ (nginx, the
+    libraries at the paths ldd gives, /etc files and the directories nginx needs)."""
+    root = ctx / "rootfs"
+    for d in ("", *_PROXY_DIRS):
+        mkdir(root / d)
+    os.chmod(root / "tmp", 0o1777)
+    os.chmod(root / "root", 0o700)
+    for rel, text in _PROXY_FILES.items():
+        mkdir((root / rel).parent)
+        (root / rel).write_text(text)
+        os.chmod(root / rel, 0o644)
+    for src, rel in [(binary, "usr/sbin/nginx"),
+                     *((lib, str(lib.relative_to("/"))) for lib in shared_libraries(binary))]:
+        mkdir((root / rel).parent)
+        shutil.copyfile(src, root / rel)  # the file itself where ldd found a symlink
+        os.chmod(root / rel, 0o755)
+    (ctx / "Dockerfile").write_text(_PROXY_DOCKERFILE)
+
+
+def ensure_proxy_image(docker_host: str) -> bool:
+    """Build ``PROXY_IMAGE`` in the engine unless it has it.  True if it was built."""
+    if has_image(docker_host, PROXY_IMAGE):
+        return False
+    binary = nginx_binary()
+    log.info("building %s in %s", PROXY_IMAGE, docker_host)
+    with tempfile.TemporaryDirectory(prefix="deploy-runs-proxy-") as ctx:
+        proxy_context(Path(ctx), binary)
+        env = daemon_env({"DOCKER_HOST": docker_host, "DOCKER_BUILDKIT": "0"})
+        run(["docker", "build", "-q", "-t", PROXY_IMAGE, ctx], env=env, timeout=300)
     return True
 
 

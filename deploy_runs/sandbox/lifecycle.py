@@ -15,6 +15,7 @@ from .engine import (
     MAIN_DOCKER_HOST,
     engine_answers,
     ensure_base_image,
+    ensure_proxy_image,
     main_engine_target,
     ns_engine_running,
     ns_engine_target,
@@ -172,7 +173,8 @@ def _bring_up(lay: Layout, state: State, *, local: bool, hosts: list[NetnsHost])
         pending += start_sshd(spec)
     wait_all(pending)
 
-    with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
-        engines = {s.docker_host: None for s in specs}  # the BuildKit host shares local's
-        for built in [pool.submit(ensure_base_image, host) for host in engines]:
+    engines = {s.docker_host: None for s in specs}  # the BuildKit host shares local's
+    builds = [(ensure, host) for host in engines for ensure in (ensure_base_image, ensure_proxy_image)]
+    with ThreadPoolExecutor(max_workers=max(1, len(builds))) as pool:
+        for built in [pool.submit(ensure, host) for ensure, host in builds]:
             built.result()

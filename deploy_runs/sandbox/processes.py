@@ -38,6 +38,7 @@ def run(
     check: bool = True,
     env: Mapping[str, str] | None = None,
     timeout: float = 120.0,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to completion, capturing its output; raise ``SandboxError`` if it fails."""
     try:
@@ -48,6 +49,7 @@ def run(
             env=dict(env) if env is not None else None,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
+            cwd=cwd,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SandboxError(f"{' '.join(argv)}: {exc}") from exc
