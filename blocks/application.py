@@ -210,6 +210,19 @@ class Application(Block):
         5, ge=1, le=1000,
         description="Releases (Completed runs' images) kept on the servers: after a Completed "
                     "run the images and stopped containers of older ones are removed.")
+    proxy: bool = Field(
+        True,
+        description=(
+            "Serve the HTTP services' public ports through the server's reverse proxy, so "
+            "that a new container takes the traffic only once healthy, with no request lost "
+            "(zero-downtime switch). Off: each container publishes its host_port itself, and "
+            "a replaced container leaves a short gap. TCP services always publish directly."
+        ),
+    )
+    drain_seconds: float = Field(
+        30, ge=0, le=3600,
+        description="After a switch, the most seconds the old container is given to finish "
+                    "the requests it has in flight before it is stopped.")
     concurrency: ConcurrencyPolicy = Field(
         "queue",
         description=(

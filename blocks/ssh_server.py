@@ -5,6 +5,9 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
+# a Docker image reference: [registry[:port]/]path[:tag][@digest], nothing a shell would read
+IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$"
+
 _KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
               "ecdsa-sha2-nistp521", "ssh-rsa")
 
@@ -56,6 +59,14 @@ class SSHServer(Block):
     )
     connect_timeout: float = Field(
         10.0, gt=0, le=300, description="Seconds to wait for the SSH connection to open."
+    )
+    proxy_image: str = Field(
+        "nginx:stable-alpine", pattern=IMAGE_PATTERN, max_length=300,
+        description=(
+            "Image of the reverse proxy (nginx) that serves the public ports of the apps with "
+            "`proxy` on: one container, deploy-runs-proxy, per server, started by the first "
+            "deploy that needs it (pulled by the server's engine if it lacks it)."
+        ),
     )
 
     @field_validator("host_key")

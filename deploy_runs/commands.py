@@ -222,7 +222,7 @@ def docker_image_tags(tags: list[str]) -> Command:
 
 
 CONTAINER_LIST_FORMAT = ('{{.Names}}\t{{.Label "deploy-runs.config"}}\t'
-                         '{{.Label "deploy-runs.commit"}}\t{{.State}}\t{{.ID}}')
+                         '{{.Label "deploy-runs.commit"}}\t{{.State}}\t{{.ID}}\t{{.Ports}}')
 
 
 def docker_app_containers(app: str) -> Command:
@@ -261,7 +261,7 @@ def docker_run(
     name: str,
     image: str,
     *,
-    ports: Iterable[tuple[int, int]],
+    ports: Iterable[tuple[int | str, int]],
     env: Mapping[str, str],
     env_file: str | None,
     label_values: Mapping[str, str],
@@ -284,6 +284,7 @@ def docker_run(
         size, files = log_rotation
         args += ["--log-driver", "json-file", "--log-opt", f"max-size={size}",
                  "--log-opt", f"max-file={files}"]
+    # (8080, 80) publishes on every address; ("127.0.0.1:20005", 80) on loopback only
     for host_port, container_port in ports:
         args += ["--publish", f"{host_port}:{container_port}"]
     for key, value in env.items():

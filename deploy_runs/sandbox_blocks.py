@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from blocks import SSHServer
 from deploy_runs.sandbox import SandboxHost, SandboxInfo
+from deploy_runs.sandbox.engine import PROXY_IMAGE
 
 
 def server_block(host: SandboxHost) -> SSHServer:
@@ -11,6 +12,7 @@ def server_block(host: SandboxHost) -> SSHServer:
         host=host.host, port=host.port, username=host.username,
         private_key=host.private_key_path.read_text(), host_key=host.host_key,
         connect_timeout=10,
+        proxy_image=PROXY_IMAGE,  # no registry here: built by the sandbox on every engine
     )
 
 

@@ -69,6 +69,10 @@ class AppSpec(BaseModel):
                                 description="Most command output stored per step, in MB.")
     keep_releases: int = Field(5, ge=1, le=1000,
                                description="Releases kept on the servers (older ones pruned).")
+    proxy: bool = Field(True, description="Serve HTTP services through the server's "
+                                          "reverse proxy (zero-downtime switch).")
+    drain_seconds: float = Field(30, ge=0, le=3600,
+                                 description="Most seconds an old container finishes requests.")
     concurrency: ConcurrencyPolicy = "queue"
     require_worker_seconds: float | None = Field(
         None, gt=0, description="Refuse a deploy at once when no worker has asked the app's "
@@ -150,6 +154,7 @@ def to_application(spec: AppSpec, server: SSHServer,
                       for s in spec.services],
             secret_env=secrets, timeouts=spec.timeouts, log_limit_mb=spec.log_limit_mb,
             concurrency=spec.concurrency, keep_releases=spec.keep_releases,
+            proxy=spec.proxy, drain_seconds=spec.drain_seconds,
             require_worker_seconds=spec.require_worker_seconds, more_servers=spec.server_names[1:],
         )
     except ValidationError as exc:

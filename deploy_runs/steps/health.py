@@ -11,11 +11,14 @@ import paramiko
 
 from blocks import Service
 from deploy_runs import commands as c
+from deploy_runs import proxy
 from deploy_runs.errors import StepFailed
 from deploy_runs.remote import CollectingSink, RemoteHost
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
+from deploy_runs.steps.start import current_containers
 from deploy_runs.steps.step import StepSpec, step
+from deploy_runs.steps.switch import ProxyRoutes, next_name, proxied
 
 NAME = "Health check"
 SPEC = StepSpec(NAME, limit="health",
@@ -23,12 +26,14 @@ SPEC = StepSpec(NAME, limit="health",
 PROBE_TIMEOUT = 5.0
 
 
-def probe(host: RemoteHost, service: Service, limit: float = PROBE_TIMEOUT) -> tuple[bool, str]:
-    """One probe of a service's published port on the server; (healthy, what it answered).
+def probe(host: RemoteHost, service: Service, limit: float = PROBE_TIMEOUT,
+          port: int | None = None) -> tuple[bool, str]:
+    """One probe of a service's published port on the server (or of `port`: a new container's
+    loopback port, before the proxy sends it traffic); (healthy, what it answered).
     The whole probe takes at most `limit` seconds (at most PROBE_TIMEOUT), however slowly
     the service answers: a status line sent a byte a second does not hold it."""
     check = service.health_check
-    port = service.host_port
+    port = port or service.host_port
     limit = max(0.05, min(limit, PROBE_TIMEOUT))
     deadline = time.monotonic() + limit
     try:
@@ -71,7 +76,7 @@ def probe(host: RemoteHost, service: Service, limit: float = PROBE_TIMEOUT) -> t
 
 
 def wait_healthy(ctx: DeployContext, host: RemoteHost, service: Service,
-                 log: StepLog) -> tuple[bool, list[str]]:
+                 log: StepLog, port: int | None = None) -> tuple[bool, list[str]]:
     check = service.health_check
     deadline = time.monotonic() + check.timeout
     answers: list[str] = []
@@ -80,7 +85,8 @@ def wait_healthy(ctx: DeployContext, host: RemoteHost, service: Service,
         ctx.check_stopped()
         ctx.check_deadline()
         healthy, answer = probe(host, service, min(ctx.seconds_left(),
-                                                   deadline - time.monotonic() + PROBE_TIMEOUT))
+                                                   deadline - time.monotonic() + PROBE_TIMEOUT),
+                                port=port)
         if answer != last:
             log.info("probe %s: %s", service.name, answer)
             answers.append(answer)
@@ -97,9 +103,10 @@ def wait_healthy(ctx: DeployContext, host: RemoteHost, service: Service,
 
 
 def evidence(host: RemoteHost, ctx: DeployContext, service: Service,
-             log: StepLog) -> tuple[list[str], str]:
-    """The container's state, port bindings and last log lines; and its state in words."""
-    name = c.container_name(ctx.app.name, service.name)
+             log: StepLog, name: str | None = None) -> tuple[list[str], str]:
+    """The container's (or container `name`'s) state, port bindings and last log lines; and its
+    state in words."""
+    name = name or c.container_name(ctx.app.name, service.name)
     lines: list[str] = []
     state = ""
     for command in (c.docker_container_state(name), c.docker_port(name),
@@ -133,14 +140,20 @@ def describe_state(name: str, state: str) -> str:
 def health_check(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
     host = ctx.host()
+    targets = _targets(ctx, log)
     healthy: dict[str, str] = {}
     for service in ctx.app.services:
-        ok, answers = wait_healthy(ctx, host, service, log)
+        target, port = targets[service.name]
+        ok, answers = wait_healthy(ctx, host, service, log, port=port)
         if not ok:
-            found, state = evidence(host, ctx, service, log)
+            found, state = evidence(host, ctx, service, log, name=target)
             name = c.container_name(ctx.app.name, service.name)
             release = ctx.releases.get(service.name)
-            if release and release.container == "replaced" and \
+            if target != name:
+                host.run(c.docker_stop(target), log, check=False)
+                state += (f"; it never took traffic: {name} keeps serving, and {target} is "
+                          "kept, stopped (a retry of this step probes it again)")
+            elif release and release.container == "replaced" and \
                     release.container_reason != "new service":
                 state += (f"; the previous container is stopped and kept as "
                           f"{c.previous_name(name)} (start it to roll back)")
@@ -151,6 +164,8 @@ def health_check(ctx: DeployContext) -> dict[str, str]:
                 evidence=answers + found,
             )
         healthy[service.name] = answers[-1]
+    if any(proxied(ctx, s) for s in ctx.app.services):
+        _switch(ctx, log, targets)
     # Every service is healthy: the release is complete, the previous containers can go.
     for service in ctx.app.services:
         release = ctx.releases.get(service.name)
@@ -159,3 +174,58 @@ def health_check(ctx: DeployContext) -> dict[str, str]:
             previous = c.previous_name(c.container_name(ctx.app.name, service.name))
             host.run(c.docker_remove_container(previous), log, check=False)
     return healthy
+
+
+def _targets(ctx: DeployContext, log: StepLog) -> dict[str, tuple[str, int | None]]:
+    """Per service, the container to probe and its loopback port (None: the public port).
+    A proxied service's new container is NAME-next when it runs beside the old one; one kept
+    stopped by a failed probe is started again (a retry of this step)."""
+    names = {s.name: c.container_name(ctx.app.name, s.name) for s in ctx.app.services}
+    if not any(proxied(ctx, s) for s in ctx.app.services):
+        return {service: (name, None) for service, name in names.items()}
+    running = current_containers(ctx, log)
+    targets: dict[str, tuple[str, int | None]] = {}
+    for service in ctx.app.services:
+        name = names[service.name]
+        if not proxied(ctx, service):
+            targets[service.name] = (name, None)
+            continue
+        new = running.get(next_name(name))
+        if new is not None and new.state != "running":
+            ctx.host().run(c.docker_start(next_name(name)), log)
+        target = next_name(name) if new is not None else name
+        found = new or running.get(name)
+        targets[service.name] = (target, found.loopback_port(service.container_port)
+                                 if found else None)
+    return targets
+
+
+def _switch(ctx: DeployContext, log: StepLog,
+            targets: dict[str, tuple[str, int | None]]) -> None:
+    """Every service is healthy: the proxy serves the new containers (one reload), the old
+    configuration's requests finish, the old containers stop and the new take their names;
+    then each public port must answer through the proxy."""
+    host = ctx.host()
+    proxied_services = [s for s in ctx.app.services if proxied(ctx, s)]
+    routes = ProxyRoutes(ctx, log)
+    wanted = {s.host_port: port for s in proxied_services
+              if (port := targets[s.name][1]) is not None}
+    moving = [s for s in proxied_services
+              if targets[s.name][0] != c.container_name(ctx.app.name, s.name)]
+    if wanted != routes.applied():
+        routes.drain(routes.apply(wanted))
+    for service in moving:
+        name = c.container_name(ctx.app.name, service.name)
+        host.run(c.docker_stop(name), log)
+        host.run(c.docker_remove_container(name), log)
+        host.run(c.docker_rename(next_name(name), name), log)
+    for service in proxied_services:
+        ok, answer = probe(host, service, min(PROBE_TIMEOUT, max(0.05, ctx.seconds_left())))
+        log.info("probe %s through the proxy: %s", service.name, answer)
+        if not ok:
+            sink = CollectingSink(log)
+            host.run(c.docker_container_logs(proxy.CONTAINER, tail=10), sink, check=False)
+            raise StepFailed(
+                f"service {service.name} is healthy but does not answer through the proxy "
+                f"on port {service.host_port}: {answer}",
+                evidence=[answer] + [text for _, text in sink.lines])
