@@ -37,6 +37,7 @@ class Bench:
     made: list[str] = field(default_factory=list)
     state: Path | None = None  # PID files and logs of the bench's Prefect server and worker
     port: int = 0  # its server's port
+    ports: dict[str, dict[str, int]] = field(default_factory=dict)  # app -> service -> port
 
     def app(self, kind: str, files: dict[str, str] | None = None, example: str = "hello",
             interval: float = 0.05) -> tuple[str, int]:
@@ -61,6 +62,7 @@ class Bench:
             service.setdefault("health_check", {})["interval"] = interval
         register(to_application(parse_spec(spec), load_server("sandbox-local")))
         self.made.append(name)
+        self.ports[name] = {s["name"]: s["host_port"] for s in spec["services"]}
         return name, spec["services"][0]["host_port"]
 
 

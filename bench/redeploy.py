@@ -11,6 +11,10 @@
   service's container replaced)
 - the same for a service with a slow dependency layer (`RUN sleep 3`) before its source layer:
   the cache keeps the slow layer, so only the source layer is rebuilt.
+- switches under traffic (not timed): a client asks each HTTP port of the app every 10 ms, a
+  new connection each time, during a redeploy that replaces every service, a rollback, and a
+  redeploy whose new version never becomes healthy; it prints the requests, the failed ones,
+  and (for the failing version) the answers that did not come from the old version.
 
 It also prints the one-service release's own work (its time beyond a no-change run) against the
 first deploy's own work: the lowest ratio the one-service redeploy could reach if everything
@@ -30,7 +34,12 @@ import uuid
 
 from harness import bench_environment, summary
 
+from deploy_runs.sandbox.traffic import Client
+
 VERBOSE = False
+# listens on another port than the spec's: never healthy
+BROKEN_API = ('FROM busybox:latest\nCOPY content/ /www/\n'
+              'CMD ["httpd", "-f", "-p", "9999", "-h", "/www"]\n')
 SLOW_WEB = ("FROM busybox:latest\nRUN sleep 3 && echo {nonce} > /deps.txt\n"
             'COPY content/ /www/\nCMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')
 
@@ -69,6 +78,26 @@ def push(bench, app: str, path: str, content: str) -> None:
     publish(source, bench.info.git_dir / f"{app}.git", f"change {path}")
 
 
+def under_traffic(bench, app: str, counts: dict[str, list[int]], key: str,
+                  old: dict[str, str] | None = None, **options: object) -> None:
+    """One run while a client asks each of the app's HTTP ports every 10 ms; adds (requests,
+    failed, answers not from `old`) to counts[key]."""
+    from flows.deploy import run_in_process
+
+    clients = {s: Client("127.0.0.1", port) for s, port in bench.ports[app].items()
+               if s in ("web", "api")}
+    time.sleep(0.2)
+    state = run_in_process(app, **options)
+    time.sleep(0.2)
+    answers = [a for cl in clients.values() for a in cl.stop()]
+    if old is None:
+        assert state.is_completed(), state
+    failed = [a for a in answers if a.body is None]
+    stray = [a for a in answers if old is not None and a.body not in old.values()]
+    counts[key] = [n + m for n, m in zip(counts.get(key, [0, 0, 0]),
+                                         (len(answers), len(failed), len(stray)), strict=True)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
@@ -80,9 +109,10 @@ def main() -> None:
     VERBOSE = args.verbose
     rows: dict[str, list[float]] = {k: [] for k in (
         "first", "nochange", "one", "rollback", "slow-first", "slow-one")}
+    traffic: dict[str, list[int]] = {}
     with bench_environment() as bench:
         timed(bench.app("warmup")[0])
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
             app = fresh_app(bench, "shop", args.shared_content)
             rows["first"].append(timed(app))
             rows["nochange"].append(timed(app))
@@ -90,6 +120,19 @@ def main() -> None:
             rows["one"].append(timed(app))
             # back to the first release: its images are kept, nothing is built
             rows["rollback"].append(timed(app, rollback_to="previous"))
+
+            # the same app's switches under traffic (after the timed runs: the clients' load
+            # would blur the times)
+            body = {s: f"{s} {uuid.uuid4().hex}\n" for s in ("web", "api")}
+            for service, text in body.items():
+                push(bench, app, f"{service}/content/index.html", text)
+            push(bench, app, "admin/content/index.html", uuid.uuid4().hex)
+            under_traffic(bench, app, traffic, "redeploy replacing every service")
+            under_traffic(bench, app, traffic, "rollback", rollback_to="previous")
+            under_traffic(bench, app, traffic, "redeploy replacing every service")
+            if repeat == 0:  # waits for the health check's whole timeout (30 s)
+                push(bench, app, "api/Dockerfile", BROKEN_API)
+                under_traffic(bench, app, traffic, "new version never healthy (api)", old=body)
 
             app = fresh_app(bench, "slow", args.shared_content,
                             {"web/Dockerfile": SLOW_WEB.format(nonce=uuid.uuid4().hex)})
@@ -119,6 +162,11 @@ def main() -> None:
     print(summary("redeploy, web source changed (cache keeps deps)", rows["slow-one"]) +
           f"   = {statistics.median(rows['slow-one']) / slow_first:.0%} of first")
     print("goals: no change <= 25% of first; one service <= 40%")
+    print("\nswitches under traffic (each HTTP port asked every 10 ms, a new connection each):")
+    for key, (requests, failed, stray) in traffic.items():
+        print(f"  {key:<44} {requests:6d} requests, {failed} failed"
+              + (f", {stray} not from the old version" if "never" in key else ""))
+    print("goals: 0 failed; a version that is never healthy serves nothing")
 
 
 if __name__ == "__main__":
