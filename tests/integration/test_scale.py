@@ -31,7 +31,14 @@ from deploy_runs.prefect_local import (
 from deploy_runs.sandbox_blocks import block_name, server_block
 
 from .conftest import free_port, http_get, wait_for
-from .test_engine_faults import FREED, OUTAGE_SECONDS, TICKS, building, ticking_build, ticks_logged
+from .test_engine_faults import (
+    FREED,
+    OUTAGE_SECONDS,
+    TWO_OUTAGE_TICKS,
+    building,
+    ticking_build,
+    ticks_logged,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -139,31 +146,36 @@ def test_twenty_deploys_of_ten_apps_on_three_hosts_two_workers_postgresql(cluste
     assert all(counts.values()), counts
 
 
-@pytest.mark.parametrize("part", ["postgres", "redis"])
-def test_the_database_or_redis_restarted_during_a_run(cluster, make_app, part):
-    """PostgreSQL (fast shutdown) or Redis stopped for a few seconds during a build and
-    started again: the run completes with every line once, the app's slot is given back (its
-    lease was kept in Redis), and the next deploy takes it at once."""
+def test_the_database_then_redis_restarted_during_a_run(cluster, make_app):
+    """PostgreSQL (fast shutdown), then Redis, each stopped for a few seconds during one
+    build and started again: the run completes with every line once, the app's slot is given
+    back (its lease was kept in Redis), and the next deploy takes it at once."""
     client = DeployRuns()
-    app = make_app("hello", files=ticking_build(TICKS, uuid.uuid4().hex),
+    app = make_app("hello", files=ticking_build(TWO_OUTAGE_TICKS, uuid.uuid4().hex),
                    server=f"sandbox-{HOSTS[0]}")
     run = client.deploy(app.name)
     wait_for(lambda: building(client, run.id), 120, "the build to be printing")
-    # PostgreSQL's fast shutdown (SIGINT) ends its sessions, as a restart of the service does
-    assert stop(cluster.state, only=(part,), sig=signal.SIGINT) == [part]
-    time.sleep(OUTAGE_SECONDS)  # the outage itself
-    if part == "postgres":
-        start_postgres(cluster.state, int(cluster.postgres_port))
-    else:
-        start_redis(cluster.state, int(cluster.redis_port))
+    for part in ("postgres", "redis"):
+        # PostgreSQL's fast shutdown (SIGINT) ends its sessions, as a restart of the service
+        # does
+        logged = len(ticks_logged(client, run.id))
+        assert stop(cluster.state, only=(part,), sig=signal.SIGINT) == [part]
+        time.sleep(OUTAGE_SECONDS)  # the outage itself
+        if part == "postgres":
+            start_postgres(cluster.state, int(cluster.postgres_port))
+            # the run logs again before Redis goes
+            wait_for(lambda n=logged: len(ticks_logged(client, run.id)) >= n + 8, 60,
+                     "the build to log again after PostgreSQL came back")
+        else:
+            start_redis(cluster.state, int(cluster.redis_port))
     back = time.monotonic()
     done = client.wait(run.id, timeout=300)
     assert done.status is RunStatus.COMPLETED, (done.message, done.error)
     build = done.step("Build images")
     assert build.ended_at is not None and \
         build.ended_at.timestamp() > time.time() - (time.monotonic() - back), \
-        "the build ended before the outage ended: make TICKS larger"
-    assert ticks_logged(client, run.id) == list(range(1, TICKS + 1))
+        "the build ended before the outages ended: make TWO_OUTAGE_TICKS larger"
+    assert ticks_logged(client, run.id) == list(range(1, TWO_OUTAGE_TICKS + 1))
 
     app.push({"Dockerfile": ticking_build(1, uuid.uuid4().hex)["Dockerfile"]}, "quick build")
     again = client.wait(client.deploy(app.name).id, timeout=240)
