@@ -111,9 +111,11 @@ def _in_repo(path: str) -> str:
 # --- what to say for each kind ---------------------------------------------------------------
 
 def _port_in_use(m: re.Match[str], app: Application | None, lines: list[str]) -> tuple[str, str]:
-    port = _group(m, "port1", "port2", "port3", "port4") or "?"
-    holder = ("another container" if "already allocated" in m.group(0)
-              else "another process (not a container)" if "bind" in m.group(0).lower()
+    port = _group(m, "port1", "port2", "port3", "port4", "port5", "port6") or "?"
+    who = _group(m, "who")
+    holder = ("another container" if "already allocated" in m.group(0) or who == "container"
+              else "another process (not a container)" if who or (
+                  "bind" in m.group(0).lower() and "bind()" not in m.group(0).lower())
               else "another container or process")
     service = _service_by_port(app, port)
     setting = (f"services[{service.name}].host_port{_where(app)} (now {port})" if service
@@ -453,7 +455,13 @@ RULES: tuple[Rule, ...] = (
         r"listen tcp[46]? [\d.:\[\]a-f]{0,60}:(?P<port2>\d{1,5}): bind: address already in use",
         r"failed to bind host port (?:for )?[\d.:\[\]a-f]{0,60}:(?P<port3>\d{1,5})"
         r"[^\n]{0,120}address already in use",
-        r"ports are not available: exposing port TCP [\d.:\[\]a-f]{0,60}:(?P<port4>\d{1,5})"),
+        r"ports are not available: exposing port TCP [\d.:\[\]a-f]{0,60}:(?P<port4>\d{1,5})",
+        # nginx (the proxy) when it cannot listen on a public port
+        r"bind\(\) to [\d.:\[\]a-f]{0,60}:(?P<port5>\d{1,5}) failed \((?:98: )?"
+        r"address already in use\)",
+        # deploy-runs' own check before the proxy first serves a port (steps/start.py)
+        r"port (?P<port6>\d{1,5}) on the server is already in use by "
+        r"(?P<who>container|another process)"),
          _port_in_use, words=("already allocated", "already in use", "ports are not available")),
     Rule("dockerfile-missing", _r(
         r"Dockerfile (?P<path>\S{1,400}) does not exist",

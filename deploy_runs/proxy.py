@@ -42,8 +42,21 @@ OLD_WORKERS = "old-workers:"
 _PORT_MAPPING = re.compile(r"(?P<addr>[0-9.]+|\[[0-9a-f:]*\]|::):(?P<host>\d+)->(?P<cont>\d+)/tcp")
 
 
-def conf_file(app: str) -> str:
-    return f"{CONF_DIR}/app-{app}.conf"
+# The proxy's files live in a directory per Docker engine under CONF_DIR: two servers that
+# share the deploy user's home (hosts of one machine, such as the sandbox's) but each have an
+# engine of their own (DOCKER_HOST set for their sessions) must not read each other's files.
+_ENGINE_DIR = ('dir="__BASE__/engine-$(printf %s "${DOCKER_HOST:-}" | cksum | '
+               'cut -d " " -f 1)"')
+
+
+def _engine_dir() -> str:
+    return _ENGINE_DIR.replace("__BASE__", shlex.quote(CONF_DIR))
+
+
+def read_conf(app: str) -> Command:
+    """The app's file on this server's proxy (nothing when it has none)."""
+    return cmd("sh", "-c", f'{_engine_dir()}; cat -- "$dir/app-"{shlex.quote(app)}.conf '
+                           "2>/dev/null; exit 0")
 
 
 def loopback_port(app: str, service: str, salt: str, attempt: int = 0) -> int:
@@ -95,22 +108,23 @@ def parse_app_conf(text: str) -> dict[int, int]:
     return dict(zip(listens, targets, strict=False))
 
 
-def new_conf_file(app: str) -> str:
-    """Where a switch's new file is written first (not read by nginx: not `*.conf`)."""
-    return f"{CONF_DIR}/.app-{app}.conf.new"
+def new_conf_file(app: str, salt: str) -> str:
+    """Where a switch's new file is written first (outside the directory nginx reads), one
+    per run (`salt`)."""
+    return f"{CONF_DIR}/.app-{app}-{salt}.new"
 
 
 _WORKERS = (f"docker top {CONTAINER} -o pid,args 2>/dev/null | awk '$2 == \"nginx:\" && "
             "$3 == \"worker\" && $4 == \"process\" && NF == 4 {print $1}'")
 
 _SCRIPT = r"""set -u
-dir=__DIR__; app=__APP__; image=__IMAGE__; proxy=__PROXY__
-conf="$dir/app-$app.conf"; new="$dir/.app-$app.conf.new"; keep="$dir/.app-$app.conf.old"
+__ENGINE_DIR__; app=__APP__; image=__IMAGE__; proxy=__PROXY__; new=__NEW__
+conf="$dir/app-$app.conf"; keep="$dir/.app-$app.conf.old"
 mkdir -p "$dir"
 exec 9>>"$dir/.lock"
 if ! flock -w __LOCK_WAIT__ 9; then
   echo "the proxy's lock ($dir/.lock) stayed taken for __LOCK_WAIT__ s by another deploy" >&2
-  exit 75
+  rm -f -- "$new"; exit 75
 fi
 workers() { __WORKERS__; }
 # files of applications that have no container on this server any more
@@ -174,12 +188,13 @@ printf '__OLD__'; for q in $old; do printf ' %s' "$q"; done; printf '\n'
 """
 
 
-def apply_script(app: str, image: str, ports: list[int]) -> Command:
-    """The switch: the file written to `new_conf_file(app)` takes effect (see the module's
-    docstring). Exit codes: 3 port of another app, 4 refused by nginx, 5 not taken, 6 the
-    proxy could not start, 75 lock not had."""
+def apply_script(app: str, image: str, ports: list[int], new_file: str) -> Command:
+    """The switch: `new_file` (written at `new_conf_file`) takes effect as the app's file (see
+    the module's docstring). Exit codes: 3 port of another app, 4 refused by nginx, 5 not
+    taken, 6 the proxy could not start, 75 lock not had."""
     values = {
-        "__DIR__": shlex.quote(CONF_DIR), "__APP__": shlex.quote(app),
+        "__ENGINE_DIR__": _engine_dir(), "__NEW__": shlex.quote(new_file),
+        "__APP__": shlex.quote(app),
         "__IMAGE__": shlex.quote(image), "__PROXY__": shlex.quote(CONTAINER),
         "__LOCK_WAIT__": str(int(LOCK_WAIT)), "__WORKERS__": _WORKERS,
         "__LABEL__": f"{LABEL_PREFIX}.app", "__PROXY_LABEL__": f"{LABEL_PREFIX}.proxy",

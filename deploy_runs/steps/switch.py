@@ -11,6 +11,7 @@ retried from its Health check, finds it the same way.
 
 from __future__ import annotations
 
+import threading
 import time
 
 from blocks import Service
@@ -39,39 +40,40 @@ class ProxyRoutes:
     def __init__(self, ctx: DeployContext, log: StepLog) -> None:
         self.ctx, self.log, self.host = ctx, log, ctx.host()
         self._applied: dict[int, int] | None = None
+        self._lock = threading.Lock()  # services started side by side may release ports
 
     def applied(self) -> dict[int, int]:
         """The routes of the app's file on the server (none when it has no file)."""
         if self._applied is None:
             read = CollectingSink()
-            found = self.host.run(c.read_file(proxy.conf_file(self.ctx.app.name)), read,
-                                  check=False, quiet=True)
-            self._applied = proxy.parse_app_conf(read.stdout()) if found.exit_code == 0 else {}
+            self.host.run(proxy.read_conf(self.ctx.app.name), read, quiet=True)
+            self._applied = proxy.parse_app_conf(read.stdout())
         return self._applied
 
     def release(self, port: int) -> None:
         """Before a container publishes `port` itself: the proxy stops listening on it, if it
         does for this app (the service was proxied before)."""
-        routes = self.applied()
-        if port in routes:
-            self.log.info("the proxy stops serving port %d: the service publishes it itself now",
-                          port)
-            self.apply({p: loop for p, loop in routes.items() if p != port})
+        with self._lock:
+            routes = self.applied()
+            if port in routes:
+                self.log.info("the proxy stops serving port %d: the service publishes it "
+                              "itself now", port)
+                self.apply({p: loop for p, loop in routes.items() if p != port})
 
     def apply(self, routes: dict[int, int]) -> set[int]:
         """Make the proxy serve `routes` for this app; the process ids of its workers that
         had the old configuration (to `drain`)."""
         app = self.ctx.app.name
+        new_file = proxy.new_conf_file(app, str(self.ctx.run_id))
         self.host.run(c.make_dirs(proxy.CONF_DIR), self.log)
-        self.host.write_file(proxy.new_conf_file(app), proxy.app_conf(app, routes).encode(),
-                             mode=0o644)
+        self.host.write_file(new_file, proxy.app_conf(app, routes).encode(), mode=0o644)
         # the script is long: the log names it instead of showing it
-        self.log.info("$ sh -c <deploy_runs.proxy.apply_script: %s takes effect>",
-                      proxy.conf_file(app))
+        self.log.info("$ sh -c <deploy_runs.proxy.apply_script: %s becomes app-%s.conf of "
+                      "this server's proxy>", new_file, app)
         sink = CollectingSink(self.log)
         try:
-            self.host.run(proxy.apply_script(app, self.ctx.server.proxy_image, sorted(routes)),
-                          sink, quiet=True)
+            self.host.run(proxy.apply_script(app, self.ctx.server.proxy_image, sorted(routes),
+                                             new_file), sink, quiet=True)
         except CommandFailed as exc:
             said = [line for line in exc.output_tail if line.strip()]
             raise StepFailed("the proxy could not be switched: "

@@ -409,8 +409,10 @@ def test_an_old_container_slow_to_stop_is_killed_at_the_start_limit(client, make
     stubborn = ("FROM busybox:latest\nCOPY site/ /www/\n"
                 'CMD ["sh", "-c", "trap \'\' TERM; httpd -f -p 8080 -h /www & wait; '
                 'while true; do sleep 1; done"]\n')
+    # direct publishing: the old container stops in Start application (behind the proxy it
+    # stops in Health check, after the switch)
     app = make_app("hello", files={"Dockerfile": stubborn},
-                   spec_changes={"services": web(), "timeouts": {"start": 3}})
+                   spec_changes={"services": web(), "timeouts": {"start": 3}, "proxy": False})
     first = deploy_here(client, app.name)
     assert first.status is RunStatus.COMPLETED, first.error
     app.push({"site/index.html": "new version\n"}, "new version")

@@ -81,8 +81,11 @@ def test_the_container_runs_with_init_ports_env_and_labels(client, make_app, doc
     assert container.labels["deploy-runs.run"] == str(run.id)
     assert container.labels["deploy-runs.commit"] == run.commit
     assert "GREETING=hello" in config["Config"]["Env"]
-    bindings = config["HostConfig"]["PortBindings"]["8080/tcp"]
-    assert bindings[0]["HostPort"] == str(app.ports["web"])
+    # behind the server's proxy: the container publishes on loopback only, the proxy serves
+    # the public port
+    [binding] = config["HostConfig"]["PortBindings"]["8080/tcp"]
+    assert binding["HostIp"] == "127.0.0.1" and binding["HostPort"] != str(app.ports["web"])
+    assert http_get(app.url())[0] == 200
 
 
 def test_deploy_through_prefect_deployment_run_and_a_worker(client, make_app, prefect_api):

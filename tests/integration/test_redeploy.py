@@ -206,24 +206,25 @@ def test_the_old_container_serves_until_its_successor_and_is_put_back_if_it_cann
         done.set()
         poller.join()
     assert second.status is RunStatus.COMPLETED, second.error
-    # every request until Start application began, the build included, got version 1
-    # (the switch itself still has a gap: the old container stops before the new one starts)
+    # every request until Start application began, the build included, got version 1, and
+    # no request failed at all: the proxy switched to version 2 once it was healthy
     started = second.step("Start application").started_at
     before = [answer for when, answer in answers if when < started]
     assert len(before) > 20 and set(before) == {"version 1\n"}, before[-5:]
+    assert {answer for _, answer in answers} <= {"version 1\n", "version 2\n"}, answers[-5:]
     assert http_get(app.url())[1] == "version 2\n"
     (current,) = docker_client.containers.list(filters={"label": f"deploy-runs.app={app.name}"})
     assert current.id != old.id
 
     # a version whose container cannot start (a memory limit Docker refuses): the run fails
-    # at Start application and version 2 is put back and serves again
+    # at Start application and version 2 serves on, never stopped
     app.application.services[0].memory = "1k"
     app.application.save(app.name, overwrite=True)
     app.push({"site/index.html": "version 3\n"}, "version 3")
     third = client.wait(client.deploy(app.name).id, timeout=120)
     assert third.status is RunStatus.FAILED
     assert third.error.step == "Start application"
-    assert "the previous container was put back and is running again" in third.error.message
+    assert f"{app.name}-web keeps serving" in third.error.message, third.error.message
     assert http_get(app.url())[1] == "version 2\n"
     (back,) = docker_client.containers.list(filters={"label": f"deploy-runs.app={app.name}"})
     assert back.id == current.id and back.labels["deploy-runs.commit"] == second.commit

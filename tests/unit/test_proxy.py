@@ -48,11 +48,12 @@ def test_the_switch_prints_the_old_workers() -> None:
 
 
 def test_the_switch_script_is_valid_sh_with_its_values_quoted() -> None:
-    command = proxy.apply_script("shop", "nginx:stable-alpine", [8080, 9090])
+    new_file = proxy.new_conf_file("shop", "run-1")
+    command = proxy.apply_script("shop", "nginx:stable-alpine", [8080, 9090], new_file)
     assert command.argv[:2] == ("sh", "-c")
     script = command.argv[2]
     subprocess.run(["sh", "-n", "-c", script], check=True)
-    assert "app='shop'" in script or "app=shop" in script
+    assert "app=shop;" in script and f"new={new_file}\n" in script
     assert "for p in 8080 9090; do" in script
     assert "__" not in script.replace("__deploy_runs", "")  # every placeholder filled
     # the whole command line survives the remote shell as one argument
@@ -89,3 +90,27 @@ def test_going_behind_the_proxy_replaces_the_container() -> None:
         runtime_config_hash("img", service, "d", proxied=False)
     assert runtime_config_hash("img", service, "d") == \
         runtime_config_hash("img", service, "d", proxied=False)
+
+
+def test_each_engine_has_its_own_directory_of_files(tmp_path) -> None:
+    """Servers sharing the deploy user's home (the sandbox's hosts) but not an engine read
+    different directories; reading an app that has no file gives nothing, not an error."""
+    def read(docker_host: str | None) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/bin:/bin", **({"DOCKER_HOST": docker_host} if docker_host else {})}
+        return subprocess.run(proxy.read_conf("shop").argv, cwd=tmp_path, env=env,
+                              capture_output=True, text=True, check=True)
+
+    assert read(None).stdout == ""
+    script = proxy.read_conf("shop").argv[2]
+    where = {}
+    for host in (None, "unix:///var/run/docker-a.sock", "unix:///var/run/docker-b.sock"):
+        env = {"PATH": "/usr/bin:/bin", **({"DOCKER_HOST": host} if host else {})}
+        where[host] = subprocess.run(["sh", "-c", script.split(";")[0] + '; echo "$dir"'],
+                                     env=env, capture_output=True, text=True,
+                                     check=True).stdout.strip()
+    assert len(set(where.values())) == 3
+    assert all(d.startswith("deploy-runs/proxy/engine-") for d in where.values())
+    (tmp_path / where[None]).mkdir(parents=True)
+    (tmp_path / where[None] / "app-shop.conf").write_text(proxy.app_conf("shop", {80: 20001}))
+    assert proxy.parse_app_conf(read(None).stdout) == {80: 20001}
+    assert read("unix:///var/run/docker-a.sock").stdout == ""
