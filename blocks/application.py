@@ -210,6 +210,10 @@ class Application(Block):
         5, ge=1, le=1000,
         description="Releases (Completed runs' images) kept on the servers: after a Completed "
                     "run the images and stopped containers of older ones are removed.")
+    build_parallelism: int | None = Field(
+        None, ge=1, le=64,
+        description="How many of the services' images are built at the same time on a "
+                    "server (unset: all that need building). 1 builds one after another.")
     proxy: bool = Field(
         True,
         description=(

@@ -214,6 +214,21 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         )
 
 
+class Cancel:
+    """Given to commands running side by side: once `set` (from any thread), each of them is
+    killed on the server and raises `Cancelled` (e.g. the other builds when one failed)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+
+class Cancelled(StepStopped):
+    """A command killed because its `Cancel` was set."""
+
+
 class RemoteHost:
     """An open SSH connection to one server. Use as a context manager."""
 
@@ -224,7 +239,9 @@ class RemoteHost:
         # A time limit over every command (the step's or the run's), set by the caller:
         # (time.monotonic() deadline, what to say when it passes).
         self.deadline: tuple[float, str] | None = None
-        self._running_pgid: int | None = None
+        # process groups of the commands running now (several when steps run them side by
+        # side, e.g. the services' builds)
+        self._running: set[int] = set()
         self._client: paramiko.SSHClient | None = None
         # the host key accepted on first use (no key was pinned): the caller pins it
         self.first_seen_key: str | None = None
@@ -307,7 +324,8 @@ class RemoteHost:
     # Commands --------------------------------------------------------------------------------
 
     def run(self, command: Command, sink: OutputSink, *, timeout: float | None = None,
-            check: bool = True, quiet: bool = False) -> CommandResult:
+            check: bool = True, quiet: bool = False,
+            cancel: Cancel | None = None) -> CommandResult:
         """Run `command`, handing each output line to `sink` as the server prints it.
 
         The command's time limit is the caller's `deadline` (the step's, set by the step
@@ -339,7 +357,8 @@ class RemoteHost:
             nonlocal pgid
             for line in lines:
                 if pgid is None and stream == "stderr" and line.startswith(PID_LINE_PREFIX):
-                    pgid = self._running_pgid = int(line[len(PID_LINE_PREFIX):])
+                    pgid = int(line[len(PID_LINE_PREFIX):])
+                    self._running.add(pgid)
                     continue
                 if not in_long_line[stream]:  # a long line is in the tail by its start
                     tail.append(clip_line(line))
@@ -361,6 +380,10 @@ class RemoteHost:
                 if self.interrupted and (pgid is not None or now - started > 2):
                     killed = self._kill(pgid)
                     raise StepStopped(self.interrupted)
+                if cancel is not None and cancel.reason and (pgid is not None or
+                                                             now - started > 2):
+                    killed = self._kill(pgid)
+                    raise Cancelled(cancel.reason)
                 if now > deadline:
                     killed = self._kill(pgid)
                     raise CommandTimedOut(text, None, list(tail),
@@ -397,7 +420,7 @@ class RemoteHost:
             channel.close()
             raise
         finally:
-            self._running_pgid = None
+            self._running.discard(pgid)
         channel.close()
         if self.interrupted:
             raise StepStopped(self.interrupted)
@@ -412,7 +435,8 @@ class RemoteHost:
         Safe to call from another thread than the one running the command.
         """
         self.interrupted = reason
-        self._kill(self._running_pgid)
+        for pgid in list(self._running):
+            self._kill(pgid)
 
     def is_connected(self) -> bool:
         transport = self._client.get_transport() if self._client else None

@@ -69,6 +69,8 @@ class AppSpec(BaseModel):
                                 description="Most command output stored per step, in MB.")
     keep_releases: int = Field(5, ge=1, le=1000,
                                description="Releases kept on the servers (older ones pruned).")
+    build_parallelism: int | None = Field(None, ge=1, le=64,
+                                          description="Images built at the same time.")
     proxy: bool = Field(True, description="Serve HTTP services through the server's "
                                           "reverse proxy (zero-downtime switch).")
     drain_seconds: float = Field(30, ge=0, le=3600,
@@ -155,6 +157,7 @@ def to_application(spec: AppSpec, server: SSHServer,
             secret_env=secrets, timeouts=spec.timeouts, log_limit_mb=spec.log_limit_mb,
             concurrency=spec.concurrency, keep_releases=spec.keep_releases,
             proxy=spec.proxy, drain_seconds=spec.drain_seconds,
+            build_parallelism=spec.build_parallelism,
             require_worker_seconds=spec.require_worker_seconds, more_servers=spec.server_names[1:],
         )
     except ValidationError as exc:

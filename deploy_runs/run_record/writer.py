@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 def failure_from_exception(step: str, exc: BaseException | None) -> Failure:
     failure = _failure_from_exception(step, exc)
+    service = getattr(exc, "service", None)  # set when services worked side by side
+    if service and not failure.message.startswith(f"{service}:"):
+        failure = failure.model_copy(update={"message": f"{service}: {failure.message}"})
     server = getattr(exc, "server", None)  # set when the app has several servers
     if server:
         failure = failure.model_copy(update={"message": f"on {server}: {failure.message}"})

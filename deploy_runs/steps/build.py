@@ -17,11 +17,12 @@ from blocks import Service
 from deploy_runs import commands as c
 from deploy_runs.errors import CommandFailed, StepFailed
 from deploy_runs.models import ServiceRelease
-from deploy_runs.remote import CollectingSink, RemoteHost
+from deploy_runs.remote import Cancel, CollectingSink, RemoteHost
 from deploy_runs.run_record.facts import services_from_labels
 from deploy_runs.run_record.writer import RunRecorder
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
+from deploy_runs.steps.parallel import side_by_side
 from deploy_runs.steps.step import StepSpec, step
 
 NAME = "Build images"
@@ -140,7 +141,7 @@ def refuse_links_out(host: RemoteHost, ctx: DeployContext, log: StepLog) -> None
 def build_images(ctx: DeployContext) -> dict[str, str]:
     log = StepLog()
     host = ctx.host()
-    app, layout, commit = ctx.app, ctx.layout, ctx.commit
+    app, commit = ctx.app, ctx.commit
     assert commit, "Fetch source runs before Build images"
 
     revs = [rev for s in app.services
@@ -150,7 +151,7 @@ def build_images(ctx: DeployContext) -> dict[str, str]:
             for i, s in enumerate(app.services)]
     existing = existing_images(host, tags, log)
     previous: dict[str, str] | None = None  # read only when something is to be built
-
+    to_build: list[tuple[Service, str, str]] = []
     for service, tag in zip(app.services, tags, strict=True):
         ctx.images[service.name] = tag
         if tag in existing:
@@ -163,13 +164,27 @@ def build_images(ctx: DeployContext) -> dict[str, str]:
             previous = previous_commits(host, app.name, log)
         reason = why_rebuilt(host, ctx, service,
                              previous.get(c.container_name(app.name, service.name)), log)
-        log.info("%s: %s; building %s", service.name, reason, tag)
-        host.run(c.docker_build(tag, layout.in_repo(service.dockerfile),
-                                layout.in_repo(service.context),
-                                c.labels(app=app.name, service=service.name),
-                                service.build_args),
-                 log)
-        ctx.releases[service.name] = ServiceRelease(
-            name=service.name, image=tag, build="rebuilt", build_reason=reason)
+        to_build.append((service, tag, reason))
+    parallel = min(len(to_build), app.build_parallelism or len(to_build))
+    if parallel <= 1:
+        for service, tag, reason in to_build:
+            _build(ctx, host, service, tag, reason, log)
+    else:
+        log.info("building %d images side by side (%d at a time): %s", len(to_build), parallel,
+                 ", ".join(s.name for s, _, _ in to_build))
+        side_by_side(to_build, parallel, lambda item, own, cancel: _build(
+            ctx, host, *item, own, cancel), lambda item: item[0].name)
     RunRecorder(ctx.run_id).services(ctx.merged_releases())
     return dict(ctx.images)
+
+
+def _build(ctx: DeployContext, host: RemoteHost, service: Service, tag: str, reason: str,
+           log: StepLog, cancel: Cancel | None = None) -> None:
+    app = ctx.app
+    log.info("%s: %s; building %s", service.name, reason, tag)
+    host.run(c.docker_build(tag, ctx.layout.in_repo(service.dockerfile),
+                            ctx.layout.in_repo(service.context),
+                            c.labels(app=app.name, service=service.name), service.build_args),
+             log, cancel=cancel)
+    ctx.releases[service.name] = ServiceRelease(
+        name=service.name, image=tag, build="rebuilt", build_reason=reason)

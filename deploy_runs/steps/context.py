@@ -83,7 +83,10 @@ class DeployContext:
         per server when they differ."""
         per_server = [(self.label(self.servers[i]), r) for i, r in sorted(self._releases.items())]
         merged: dict[str, ServiceRelease] = {}
-        for name in {n: None for _, releases in per_server for n in releases}:
+        # in the app's order of services, whatever order the steps handled them in
+        order = {s.name: i for i, s in enumerate(self.app.services)}
+        names = {n: None for _, releases in per_server for n in releases}
+        for name in sorted(names, key=lambda n: order.get(n, len(order))):
             found = [(where, rel[name]) for where, rel in per_server if name in rel]
             build, build_reason = _combine(found, "build", "build_reason", "rebuilt")
             container, container_reason = _combine(found, "container", "container_reason",

@@ -13,9 +13,10 @@ from blocks import Service
 from deploy_runs import commands as c
 from deploy_runs import proxy
 from deploy_runs.errors import StepFailed
-from deploy_runs.remote import CollectingSink, RemoteHost
+from deploy_runs.remote import Cancel, Cancelled, CollectingSink, RemoteHost
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
+from deploy_runs.steps.parallel import side_by_side
 from deploy_runs.steps.start import current_containers
 from deploy_runs.steps.step import StepSpec, step
 from deploy_runs.steps.switch import ProxyRoutes, next_name, proxied
@@ -76,7 +77,8 @@ def probe(host: RemoteHost, service: Service, limit: float = PROBE_TIMEOUT,
 
 
 def wait_healthy(ctx: DeployContext, host: RemoteHost, service: Service,
-                 log: StepLog, port: int | None = None) -> tuple[bool, list[str]]:
+                 log: StepLog, port: int | None = None,
+                 cancel: Cancel | None = None) -> tuple[bool, list[str]]:
     check = service.health_check
     deadline = time.monotonic() + check.timeout
     answers: list[str] = []
@@ -84,6 +86,8 @@ def wait_healthy(ctx: DeployContext, host: RemoteHost, service: Service,
     while True:
         ctx.check_stopped()
         ctx.check_deadline()
+        if cancel is not None and cancel.reason:
+            raise Cancelled(cancel.reason)
         healthy, answer = probe(host, service, min(ctx.seconds_left(),
                                                    deadline - time.monotonic() + PROBE_TIMEOUT),
                                 port=port)
@@ -142,9 +146,10 @@ def health_check(ctx: DeployContext) -> dict[str, str]:
     host = ctx.host()
     targets = _targets(ctx, log)
     healthy: dict[str, str] = {}
-    for service in ctx.app.services:
+
+    def check(service: Service, log: StepLog, cancel: Cancel | None = None) -> None:
         target, port = targets[service.name]
-        ok, answers = wait_healthy(ctx, host, service, log, port=port)
+        ok, answers = wait_healthy(ctx, host, service, log, port=port, cancel=cancel)
         if not ok:
             found, state = evidence(host, ctx, service, log, name=target)
             name = c.container_name(ctx.app.name, service.name)
@@ -164,6 +169,12 @@ def health_check(ctx: DeployContext) -> dict[str, str]:
                 evidence=answers + found,
             )
         healthy[service.name] = answers[-1]
+
+    if len(ctx.app.services) == 1:
+        check(ctx.app.services[0], log)
+    else:  # every service is probed at the same time
+        side_by_side(ctx.app.services, len(ctx.app.services), check, lambda s: s.name)
+    healthy = {s.name: healthy[s.name] for s in ctx.app.services}  # in the app's order
     if any(proxied(ctx, s) for s in ctx.app.services):
         _switch(ctx, log, targets)
     # Every service is healthy: the release is complete, the previous containers can go.

@@ -33,6 +33,7 @@ from deploy_runs.remote import CollectingSink
 from deploy_runs.run_record.writer import RunRecorder
 from deploy_runs.steplog import StepLog
 from deploy_runs.steps.context import DeployContext
+from deploy_runs.steps.parallel import side_by_side
 from deploy_runs.steps.step import StepSpec, step
 from deploy_runs.steps.switch import ProxyRoutes, next_name, proxied
 
@@ -117,81 +118,92 @@ def start_application(ctx: DeployContext) -> dict[str, str]:
         # secrets of services that are gone, or have none any more, do not stay on the server
         keep = [f"{s.name}.env" for s in ctx.app.services if ctx.app.secrets_for(s.name)]
         ctx.host().run(c.remove_env_files(ctx.layout.secrets_dir, keep), log)
-    return outcome
+    return {s.name: outcome[s.name] for s in ctx.app.services if s.name in outcome}
 
 
 def _start_services(ctx: DeployContext, log: StepLog, running: dict[str, Current],
                     outcome: dict[str, str], routes: ProxyRoutes) -> None:
-    host, app, layout = ctx.host(), ctx.app, ctx.layout
-    for service in app.services:
-        name = c.container_name(app.name, service.name)
-        image = ctx.images[service.name]
-        secrets = app.secrets_for(service.name)
-        behind_proxy = proxied(ctx, service)
-        config = runtime_config_hash(image, service, app.secrets_digest(service.name),
-                                     behind_proxy)
-        release = ctx.releases.get(service.name) or ServiceRelease(
-            name=service.name, image=image, build="reused", build_reason="unchanged")
-        current = running.get(name)
-        if current is not None and (current.config, current.state) == (config, "running"):
-            log.info("%s: image and configuration unchanged; container %s keeps running",
-                     service.name, name)
-            ctx.releases[service.name] = release.model_copy(
-                update={"container": "kept", "container_reason": "unchanged"})
-            outcome[service.name] = "kept"
-            continue
-        reason = ("new service" if current is None else
-                  "not running" if current.state != "running" else
-                  "new image" if release.build == "rebuilt" else "configuration changed")
+    """Each service's container, the services side by side (none depends on another)."""
+    services = ctx.app.services
+    if len(services) == 1:
+        _start_service(ctx, log, services[0], running, outcome, routes)
+        return
+    side_by_side(services, len(services), lambda service, own, _cancel: _start_service(
+        ctx, own, service, running, outcome, routes), lambda service: service.name)
 
-        env_file = None
-        if secrets:
-            env_file = layout.env_file(service.name)
-            host.write_file(env_file, env_file_content(secrets), mode=0o600)
-            log.info("wrote %d secret variable(s) (%s) to %s, mode 0600",
-                     len(secrets), ", ".join(sorted(secrets)), env_file)
-        labels = c.labels(app=app.name, service=service.name, commit=ctx.commit or "",
-                          run=str(ctx.run_id), config=config)
-        if behind_proxy:
-            _start_beside(ctx, log, service, image, env_file, labels, current, running)
-            ctx.releases[service.name] = release.model_copy(
-                update={"container": "replaced", "container_reason": reason})
-            outcome[service.name] = "replaced"
-            continue
-        if current is None or current.loopback_port(service.container_port):
-            routes.release(service.host_port)  # the service was proxied before
-        previous = c.previous_name(name)
-        if current is not None:
-            # A NAME-previous is there if an earlier run's release failed (kept for rolling
-            # back by hand), or if something else took the name: it goes first.
-            renamed = previous not in running and host.run(
-                c.docker_rename(name, previous), log, check=False).exit_code == 0
-            if not renamed:
-                host.run(c.docker_remove_container(previous), log, check=False)
-                host.run(c.docker_rename(name, previous), log)
-            host.run(c.docker_stop(previous), log)
-        run = container_run(name, image, service, (service.host_port, service.container_port),
-                            env_file, labels)
-        try:
-            host.run(run, log)
-        except CommandFailed as exc:
-            # `docker run` may leave the container created but not started: remove it
-            host.run(c.docker_remove_container(name), log, check=False)
-            held = port_holder(ctx, service, exc, log)
-            if current is None:
-                if held:
-                    exc.output_tail.append(held)
-                raise
-            host.run(c.docker_rename(previous, name), log)
-            host.run(c.docker_start(name), log)
-            cause = cause_line(exc.output_tail, NAME) or f"exit code {exc.exit_code}"
-            raise StepFailed(
-                f"{service.name}: the new container could not start ({cause}); "
-                f"the previous container was put back and is running again as {name}",
-                evidence=exc.output_tail + ([held] if held else [])) from None
+
+def _start_service(ctx: DeployContext, log: StepLog, service: Service,
+                   running: dict[str, Current], outcome: dict[str, str],
+                   routes: ProxyRoutes) -> None:
+    host, app, layout = ctx.host(), ctx.app, ctx.layout
+    name = c.container_name(app.name, service.name)
+    image = ctx.images[service.name]
+    secrets = app.secrets_for(service.name)
+    behind_proxy = proxied(ctx, service)
+    config = runtime_config_hash(image, service, app.secrets_digest(service.name),
+                                 behind_proxy)
+    release = ctx.releases.get(service.name) or ServiceRelease(
+        name=service.name, image=image, build="reused", build_reason="unchanged")
+    current = running.get(name)
+    if current is not None and (current.config, current.state) == (config, "running"):
+        log.info("%s: image and configuration unchanged; container %s keeps running",
+                 service.name, name)
+        ctx.releases[service.name] = release.model_copy(
+            update={"container": "kept", "container_reason": "unchanged"})
+        outcome[service.name] = "kept"
+        return
+    reason = ("new service" if current is None else
+              "not running" if current.state != "running" else
+              "new image" if release.build == "rebuilt" else "configuration changed")
+
+    env_file = None
+    if secrets:
+        env_file = layout.env_file(service.name)
+        host.write_file(env_file, env_file_content(secrets), mode=0o600)
+        log.info("wrote %d secret variable(s) (%s) to %s, mode 0600",
+                 len(secrets), ", ".join(sorted(secrets)), env_file)
+    labels = c.labels(app=app.name, service=service.name, commit=ctx.commit or "",
+                      run=str(ctx.run_id), config=config)
+    if behind_proxy:
+        _start_beside(ctx, log, service, image, env_file, labels, current, running, routes)
         ctx.releases[service.name] = release.model_copy(
             update={"container": "replaced", "container_reason": reason})
         outcome[service.name] = "replaced"
+        return
+    if current is None or current.loopback_port(service.container_port):
+        routes.release(service.host_port)  # the service was proxied before
+    previous = c.previous_name(name)
+    if current is not None:
+        # A NAME-previous is there if an earlier run's release failed (kept for rolling
+        # back by hand), or if something else took the name: it goes first.
+        renamed = previous not in running and host.run(
+            c.docker_rename(name, previous), log, check=False).exit_code == 0
+        if not renamed:
+            host.run(c.docker_remove_container(previous), log, check=False)
+            host.run(c.docker_rename(name, previous), log)
+        host.run(c.docker_stop(previous), log)
+    run = container_run(name, image, service, (service.host_port, service.container_port),
+                        env_file, labels)
+    try:
+        host.run(run, log)
+    except CommandFailed as exc:
+        # `docker run` may leave the container created but not started: remove it
+        host.run(c.docker_remove_container(name), log, check=False)
+        held = port_holder(ctx, service, exc, log)
+        if current is None:
+            if held:
+                exc.output_tail.append(held)
+            raise
+        host.run(c.docker_rename(previous, name), log)
+        host.run(c.docker_start(name), log)
+        cause = cause_line(exc.output_tail, NAME) or f"exit code {exc.exit_code}"
+        raise StepFailed(
+            f"{service.name}: the new container could not start ({cause}); "
+            f"the previous container was put back and is running again as {name}",
+            evidence=exc.output_tail + ([held] if held else [])) from None
+    ctx.releases[service.name] = release.model_copy(
+        update={"container": "replaced", "container_reason": reason})
+    outcome[service.name] = "replaced"
 
 
 def container_run(name: str, image: str, service: Service, port: tuple[int | str, int],
@@ -237,7 +249,7 @@ def _finish_interrupted_switches(ctx: DeployContext, log: StepLog, running: dict
 
 def _start_beside(ctx: DeployContext, log: StepLog, service: Service, image: str,
                   env_file: str | None, labels: dict[str, str], current: Current | None,
-                  running: dict[str, Current]) -> None:
+                  running: dict[str, Current], routes: ProxyRoutes) -> None:
     """A proxied service's new container: beside the running one as NAME-next, on a loopback
     port, taking no traffic until the Health check step switches the proxy to it. When no
     container of the service serves through the proxy yet (a new service, a stopped one, or
@@ -265,6 +277,16 @@ def _start_beside(ctx: DeployContext, log: StepLog, service: Service, image: str
             host.run(c.docker_remove_container(previous), log, check=False)
         host.run(c.docker_rename(name, previous), log)
         host.run(c.docker_stop(previous), log)
+    held = None if service.host_port in routes.applied() else public_port_holder(ctx, service,
+                                                                                 log)
+    if held:
+        if current is not None:
+            host.run(c.docker_rename(previous, name), log)
+            if current.state == "running":
+                host.run(c.docker_start(name), log)
+        raise StepFailed(f"{service.name}: port {service.host_port} on the server is already "
+                         f"in use by {held}: the proxy cannot serve it; nothing was started",
+                         evidence=[f"port {service.host_port}: {held}"])
     try:
         _run_on_loopback(ctx, log, name, image, service, env_file, labels)
     except CommandFailed as exc:
@@ -280,6 +302,21 @@ def _start_beside(ctx: DeployContext, log: StepLog, service: Service, image: str
 
 
 PORT_ATTEMPTS = 5
+
+
+def public_port_holder(ctx: DeployContext, service: Service, log: StepLog) -> str | None:
+    """Before the proxy first serves `service.host_port`: who holds that port on the server
+    (something accepts connections there), or None when it is free."""
+    host = ctx.host()
+    try:
+        host.open_tcp("127.0.0.1", service.host_port, timeout=2.0).close()
+    except Exception:  # refused (free), or no answer: nginx will say if it cannot bind
+        return None
+    sink = CollectingSink(log)
+    host.run(c.docker_publishers(service.host_port), sink, check=False)
+    names = [n for n in sink.stdout().split() if n]
+    return (f"container(s) {', '.join(names)}" if names
+            else "another process (not a container)")
 
 
 def _run_on_loopback(ctx: DeployContext, log: StepLog, target: str, image: str,
