@@ -149,7 +149,17 @@ done
 if [ -e "$conf" ]; then cp -f "$conf" "$keep"; else rm -f "$keep"; fi
 restore() { if [ -e "$keep" ]; then mv -f "$keep" "$conf"; else rm -f "$conf"; fi; }
 mv -f "$new" "$conf"
-state=$(docker inspect --format '{{.State.Running}}' "$proxy" 2>/dev/null) || state=missing
+state=$(docker inspect --format '{{.State.Running}} {{range .Mounts}}{{.Source}} {{end}}' \
+  "$proxy" 2>/dev/null) || state=missing
+if [ "$state" != missing ]; then
+  case " $state " in
+    *" $PWD/$dir "*) state=${state%% *} ;;
+    *) restore
+       echo "a container named $proxy runs that does not read $PWD/$dir; remove it" \
+            "(docker rm -f $proxy) and deploy again: deploy-runs starts its own" >&2
+       exit 6 ;;
+  esac
+fi
 old=""
 if [ "$state" = missing ]; then
   if ! docker run --detach --name "$proxy" --network host --restart unless-stopped \
