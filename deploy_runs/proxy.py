@@ -8,8 +8,8 @@ ones finish their requests, and it touches nothing else. Measured with the sandb
 configuration restarts every server of it, so one app's deploy would disturb all the apps on
 the proxy.
 
-A switch (`apply_script`) runs as one shell command under a per-server lock (`flock` on a file
-of the proxy's directory, let go when the command ends or its connection dies): it drops the
+A switch (`apply_script`) runs as one shell command under a per-server lock (`flock` on the
+proxy's directory, let go when the command ends or its connection dies): it drops the
 files of applications that have no container on the server any more, refuses a port another
 application's file serves, puts the new file in place, checks it (`nginx -t`), reloads and
 waits until every worker is a new one; on any failure the previous file is put back. It prints
@@ -42,20 +42,26 @@ OLD_WORKERS = "old-workers:"
 _PORT_MAPPING = re.compile(r"(?P<addr>[0-9.]+|\[[0-9a-f:]*\]|::):(?P<host>\d+)->(?P<cont>\d+)/tcp")
 
 
-# The proxy's files live in a directory per Docker engine under CONF_DIR: two servers that
-# share the deploy user's home (hosts of one machine, such as the sandbox's) but each have an
-# engine of their own (DOCKER_HOST set for their sessions) must not read each other's files.
-_ENGINE_DIR = ('dir="__BASE__/engine-$(printf %s "${DOCKER_HOST:-}" | cksum | '
-               'cut -d " " -f 1)"')
+# Where the proxy's files are: the directory the engine's proxy container reads (whoever
+# started it: two deploy users of one server share it), or, before there is a proxy, a
+# directory per Docker engine in the deploy user's home (servers that share a home, as the
+# sandbox's hosts do, but each have an engine of their own, DOCKER_HOST set for their
+# sessions, must not read each other's files).
+_PROXY_DIR = (
+    "dir=$(docker inspect --format '{{range .Mounts}}{{if eq .Destination "
+    "\"/etc/nginx/conf.d\"}}{{.Source}}{{end}}{{end}}' __PROXY__ 2>/dev/null) || dir=''; "
+    '[ -n "$dir" ] || dir="$PWD/__BASE__/engine-$(printf %s "${DOCKER_HOST:-}" | cksum | '
+    'cut -d " " -f 1)"')
 
 
-def _engine_dir() -> str:
-    return _ENGINE_DIR.replace("__BASE__", shlex.quote(CONF_DIR))
+def _proxy_dir() -> str:
+    return (_PROXY_DIR.replace("__BASE__", shlex.quote(CONF_DIR))
+            .replace("__PROXY__", shlex.quote(CONTAINER)))
 
 
 def read_conf(app: str) -> Command:
     """The app's file on this server's proxy (nothing when it has none)."""
-    return cmd("sh", "-c", f'{_engine_dir()}; cat -- "$dir/app-"{shlex.quote(app)}.conf '
+    return cmd("sh", "-c", f'{_proxy_dir()}; cat -- "$dir/app-"{shlex.quote(app)}.conf '
                            "2>/dev/null; exit 0")
 
 
@@ -118,12 +124,12 @@ _WORKERS = (f"docker top {CONTAINER} -o pid,args 2>/dev/null | awk '$2 == \"ngin
             "$3 == \"worker\" && $4 == \"process\" && NF == 4 {print $1}'")
 
 _SCRIPT = r"""set -u
-__ENGINE_DIR__; app=__APP__; image=__IMAGE__; proxy=__PROXY__; new=__NEW__
+__PROXY_DIR__; app=__APP__; image=__IMAGE__; proxy=__PROXY__; new=__NEW__
 conf="$dir/app-$app.conf"; keep="$dir/.app-$app.conf.old"
 mkdir -p "$dir"
-exec 9>>"$dir/.lock"
+exec 9<"$dir"  # the lock is on the directory: any deploy user who may write there may take it
 if ! flock -w __LOCK_WAIT__ 9; then
-  echo "the proxy's lock ($dir/.lock) stayed taken for __LOCK_WAIT__ s by another deploy" >&2
+  echo "the proxy's lock ($dir) stayed taken for __LOCK_WAIT__ s by another deploy" >&2
   rm -f -- "$new"; exit 75
 fi
 workers() { __WORKERS__; }
@@ -149,21 +155,11 @@ done
 if [ -e "$conf" ]; then cp -f "$conf" "$keep"; else rm -f "$keep"; fi
 restore() { if [ -e "$keep" ]; then mv -f "$keep" "$conf"; else rm -f "$conf"; fi; }
 mv -f "$new" "$conf"
-state=$(docker inspect --format '{{.State.Running}} {{range .Mounts}}{{.Source}} {{end}}' \
-  "$proxy" 2>/dev/null) || state=missing
-if [ "$state" != missing ]; then
-  case " $state " in
-    *" $PWD/$dir "*) state=${state%% *} ;;
-    *) restore
-       echo "a container named $proxy runs that does not read $PWD/$dir; remove it" \
-            "(docker rm -f $proxy) and deploy again: deploy-runs starts its own" >&2
-       exit 6 ;;
-  esac
-fi
+state=$(docker inspect --format '{{.State.Running}}' "$proxy" 2>/dev/null) || state=missing
 old=""
 if [ "$state" = missing ]; then
   if ! docker run --detach --name "$proxy" --network host --restart unless-stopped \
-      --label __PROXY_LABEL__=1 --volume "$PWD/$dir:/etc/nginx/conf.d:ro" "$image" >/dev/null; then
+      --label __PROXY_LABEL__=1 --volume "$dir:/etc/nginx/conf.d:ro" "$image" >/dev/null; then
     restore; echo "the proxy container could not be started from $image" >&2; exit 6
   fi
   echo "started the proxy: container $proxy from $image"
@@ -203,7 +199,7 @@ def apply_script(app: str, image: str, ports: list[int], new_file: str) -> Comma
     the module's docstring). Exit codes: 3 port of another app, 4 refused by nginx, 5 not
     taken, 6 the proxy could not start, 75 lock not had."""
     values = {
-        "__ENGINE_DIR__": _engine_dir(), "__NEW__": shlex.quote(new_file),
+        "__PROXY_DIR__": _proxy_dir(), "__NEW__": shlex.quote(new_file),
         "__APP__": shlex.quote(app),
         "__IMAGE__": shlex.quote(image), "__PROXY__": shlex.quote(CONTAINER),
         "__LOCK_WAIT__": str(int(LOCK_WAIT)), "__WORKERS__": _WORKERS,

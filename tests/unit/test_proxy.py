@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -93,24 +94,31 @@ def test_going_behind_the_proxy_replaces_the_container() -> None:
 
 
 def test_each_engine_has_its_own_directory_of_files(tmp_path) -> None:
-    """Servers sharing the deploy user's home (the sandbox's hosts) but not an engine read
-    different directories; reading an app that has no file gives nothing, not an error."""
-    def read(docker_host: str | None) -> subprocess.CompletedProcess[str]:
-        env = {"PATH": "/usr/bin:/bin", **({"DOCKER_HOST": docker_host} if docker_host else {})}
-        return subprocess.run(proxy.read_conf("shop").argv, cwd=tmp_path, env=env,
-                              capture_output=True, text=True, check=True)
+    """Before a proxy runs, servers sharing the deploy user's home (the sandbox's hosts) but
+    not an engine use different directories; reading an app that has no file gives nothing,
+    not an error. (No `docker` on this PATH: no proxy container to ask.)"""
+    import shutil
 
-    assert read(None).stdout == ""
-    script = proxy.read_conf("shop").argv[2]
-    where = {}
-    for host in (None, "unix:///var/run/docker-a.sock", "unix:///var/run/docker-b.sock"):
-        env = {"PATH": "/usr/bin:/bin", **({"DOCKER_HOST": host} if host else {})}
-        where[host] = subprocess.run(["sh", "-c", script.split(";")[0] + '; echo "$dir"'],
-                                     env=env, capture_output=True, text=True,
-                                     check=True).stdout.strip()
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("cksum", "cut", "cat", "printf"):
+        if found := shutil.which(tool):
+            (tools / tool).symlink_to(found)
+    home = tmp_path / "home"
+    home.mkdir()
+
+    def run(script: str, docker_host: str | None) -> str:
+        env = {"PATH": str(tools), **({"DOCKER_HOST": docker_host} if docker_host else {})}
+        return subprocess.run(["/bin/sh", "-c", script], cwd=home, env=env,
+                              capture_output=True, text=True, check=True).stdout
+
+    hosts = (None, "unix:///var/run/docker-a.sock", "unix:///var/run/docker-b.sock")
+    where = {h: run(proxy._proxy_dir() + '; echo "$dir"', h).strip() for h in hosts}
     assert len(set(where.values())) == 3
-    assert all(d.startswith("deploy-runs/proxy/engine-") for d in where.values())
-    (tmp_path / where[None]).mkdir(parents=True)
-    (tmp_path / where[None] / "app-shop.conf").write_text(proxy.app_conf("shop", {80: 20001}))
-    assert proxy.parse_app_conf(read(None).stdout) == {80: 20001}
-    assert read("unix:///var/run/docker-a.sock").stdout == ""
+    assert all(d.startswith(f"{home}/deploy-runs/proxy/engine-") for d in where.values())
+    read = proxy.read_conf("shop").argv[2]
+    assert run(read, None) == ""
+    Path(where[None]).mkdir(parents=True)
+    (Path(where[None]) / "app-shop.conf").write_text(proxy.app_conf("shop", {80: 20001}))
+    assert proxy.parse_app_conf(run(read, None)) == {80: 20001}
+    assert run(read, hosts[1]) == ""
