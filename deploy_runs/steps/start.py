@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import NoReturn
 
 from blocks import Service
 from deploy_runs import commands as c
@@ -194,13 +195,7 @@ def _start_service(ctx: DeployContext, log: StepLog, service: Service,
             if held:
                 exc.output_tail.append(held)
             raise
-        host.run(c.docker_rename(previous, name), log)
-        host.run(c.docker_start(name), log)
-        cause = cause_line(exc.output_tail, NAME) or f"exit code {exc.exit_code}"
-        raise StepFailed(
-            f"{service.name}: the new container could not start ({cause}); "
-            f"the previous container was put back and is running again as {name}",
-            evidence=exc.output_tail + ([held] if held else [])) from None
+        _put_back(ctx, log, service, exc, [held] if held else [])
     ctx.releases[service.name] = release.model_copy(
         update={"container": "replaced", "container_reason": reason})
     outcome[service.name] = "replaced"
@@ -292,13 +287,22 @@ def _start_beside(ctx: DeployContext, log: StepLog, service: Service, image: str
     except CommandFailed as exc:
         if current is None:
             raise
-        host.run(c.docker_rename(previous, name), log)
-        host.run(c.docker_start(name), log)
-        cause = cause_line(exc.output_tail, NAME) or f"exit code {exc.exit_code}"
-        raise StepFailed(
-            f"{service.name}: the new container could not start ({cause}); "
-            f"the previous container was put back and is running again as {name}",
-            evidence=exc.output_tail) from None
+        _put_back(ctx, log, service, exc)
+
+
+def _put_back(ctx: DeployContext, log: StepLog, service: Service, exc: CommandFailed,
+              more: list[str] | None = None) -> NoReturn:
+    """The new container could not start: the previous one (stopped as NAME-previous) is put
+    back and started again; the step fails saying so."""
+    host = ctx.host()
+    name = c.container_name(ctx.app.name, service.name)
+    host.run(c.docker_rename(c.previous_name(name), name), log)
+    host.run(c.docker_start(name), log)
+    cause = cause_line(exc.output_tail, NAME) or f"exit code {exc.exit_code}"
+    raise StepFailed(
+        f"{service.name}: the new container could not start ({cause}); "
+        f"the previous container was put back and is running again as {name}",
+        evidence=exc.output_tail + (more or [])) from None
 
 
 PORT_ATTEMPTS = 5
