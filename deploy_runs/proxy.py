@@ -11,8 +11,9 @@ the proxy.
 A switch (`apply_script`) runs as one shell command under a per-server lock (`flock` on the
 proxy's directory, let go when the command ends or its connection dies): it drops the
 files of applications that have no container on the server any more, refuses a port another
-application's file serves, puts the new file in place, checks it (`nginx -t`), reloads and
-waits until every worker is a new one; on any failure the previous file is put back. It prints
+application's file serves, puts the new file in place, reloads (SIGHUP; nginx checks the file
+itself and keeps its old workers if it refuses it, saying why) and waits until every worker is
+a new one; on any failure (or an [emerg] on nginx's log) the previous file is put back. It prints
 the old workers' process ids: they finish their requests (`drain`) before the old container
 stops.
 
@@ -167,12 +168,13 @@ elif [ "$state" != true ]; then
   docker start "$proxy" >/dev/null || { restore; exit 6; }
   echo "started the proxy again: container $proxy"
 else
-  if ! docker exec "$proxy" nginx -t -q; then
-    restore; echo "nginx refused the new configuration; the previous one stays" >&2; exit 4
-  fi
   old=$(workers)
-  docker exec "$proxy" nginx -s reload || { restore; exit 5; }
+  # SIGHUP is nginx's reload (as `nginx -s reload` sends it; no process started in the
+  # container). nginx checks the configuration itself: if it refuses it, or cannot listen on
+  # a port, it keeps its old workers and says why on its error log, read below.
+  docker kill --signal HUP "$proxy" >/dev/null || { restore; exit 5; }
 fi
+since=$(date +%s)
 i=0
 while :; do
   cur=$(workers); fresh=yes
@@ -180,14 +182,22 @@ while :; do
   for p in $cur; do for q in $old; do [ "$p" = "$q" ] && fresh=no; done; done
   [ "$fresh" = yes ] && break
   i=$((i + 1))
-  if [ "$i" -ge __TRIES__ ]; then
-    echo "the proxy did not take the new configuration within __SWITCH_TIMEOUT__ s; it said:" >&2
-    docker logs --tail 5 "$proxy" 2>&1 | sed 's/^/  /' >&2
+  said=""
+  [ $((i % 10)) -eq 0 ] && said=$(docker logs --since "$since" "$proxy" 2>&1 | grep -e '\[emerg\]')
+  if [ -n "$said" ] || [ "$i" -ge __TRIES__ ]; then
+    if [ -n "$said" ]; then
+      echo "the proxy refused the new configuration; it said:" >&2
+      printf '%s\n' "$said" | tail -n 5 | sed 's/^/  /' >&2
+    else
+      echo "the proxy did not take the new configuration within __SWITCH_TIMEOUT__ s; it" \
+           "said:" >&2
+      docker logs --tail 5 "$proxy" 2>&1 | sed 's/^/  /' >&2
+    fi
     restore
-    [ "$state" = true ] && docker exec "$proxy" nginx -s reload
+    [ "$state" = true ] && docker kill --signal HUP "$proxy" >/dev/null
     exit 5
   fi
-  sleep 0.05
+  sleep 0.02
 done
 rm -f "$keep"
 printf '__OLD__'; for q in $old; do printf ' %s' "$q"; done; printf '\n'
@@ -196,8 +206,8 @@ printf '__OLD__'; for q in $old; do printf ' %s' "$q"; done; printf '\n'
 
 def apply_script(app: str, image: str, ports: list[int], new_file: str) -> Command:
     """The switch: `new_file` (written at `new_conf_file`) takes effect as the app's file (see
-    the module's docstring). Exit codes: 3 port of another app, 4 refused by nginx, 5 not
-    taken, 6 the proxy could not start, 75 lock not had."""
+    the module's docstring). Exit codes: 3 port of another app, 5 refused or not taken by
+    nginx, 6 the proxy could not start, 75 lock not had."""
     values = {
         "__PROXY_DIR__": _proxy_dir(), "__NEW__": shlex.quote(new_file),
         "__APP__": shlex.quote(app),
@@ -205,7 +215,7 @@ def apply_script(app: str, image: str, ports: list[int], new_file: str) -> Comma
         "__LOCK_WAIT__": str(int(LOCK_WAIT)), "__WORKERS__": _WORKERS,
         "__LABEL__": f"{LABEL_PREFIX}.app", "__PROXY_LABEL__": f"{LABEL_PREFIX}.proxy",
         "__PORTS__": " ".join(str(int(p)) for p in ports),
-        "__TRIES__": str(SWITCH_TIMEOUT * 20), "__SWITCH_TIMEOUT__": str(SWITCH_TIMEOUT),
+        "__TRIES__": str(SWITCH_TIMEOUT * 25), "__SWITCH_TIMEOUT__": str(SWITCH_TIMEOUT),
         "__OLD__": OLD_WORKERS,
     }
     script = _SCRIPT

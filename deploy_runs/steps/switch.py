@@ -77,7 +77,7 @@ class ProxyRoutes:
         except CommandFailed as exc:
             said = [line for line in exc.output_tail if line.strip()]
             raise StepFailed("the proxy could not be switched: "
-                             + (said[-1] if said else f"exit code {exc.exit_code}"),
+                             + (said[-1].strip() if said else f"exit code {exc.exit_code}"),
                              evidence=said) from None
         self._applied = dict(routes)
         self.log.info("proxy: %s", ", ".join(f"port {public} -> 127.0.0.1:{loop}"

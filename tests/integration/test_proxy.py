@@ -141,3 +141,42 @@ def test_an_app_can_keep_direct_publishing_and_move_behind_the_proxy(client, mak
     assert back.status is RunStatus.COMPLETED, back.error
     assert "0.0.0.0" in published_ports(docker_client, app)[name]
     assert http_get(app.url())[0] == 200
+
+
+def test_a_port_the_proxy_cannot_listen_on_fails_the_switch_in_nginx_words(client, make_app,
+                                                                            docker_client):
+    """Something holds the public port on another address than loopback (so Start
+    application's check does not see it): nginx refuses to take the file, the previous file
+    is put back, and the run fails at Health check as port-in-use, with nginx's own line."""
+    import ipaddress
+    import socket
+
+    from .conftest import free_port
+
+    # the engine's bridge address on this machine (the sandbox server): the subnet's first host
+    config = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+    bridge = config.get("Gateway") or str(ipaddress.ip_network(config["Subnet"])[1])
+    port = free_port()
+    squatter = socket.socket()
+    squatter.bind((bridge, port))
+    squatter.listen()
+    try:
+        app = make_app("hello")
+        app.application.services[0].host_port = port
+        app.application.save(app.name, overwrite=True)
+        run = client.wait(client.deploy(app.name).id, timeout=180)
+    finally:
+        squatter.close()
+    assert run.status is RunStatus.FAILED
+    assert run.error.step == "Health check"
+    assert "the proxy could not be switched: the proxy refused the new configuration" in \
+        run.error.message or "refused the new configuration" in " ".join(run.error.output_tail)
+    said = " ".join(run.error.output_tail)
+    assert f"bind() to 0.0.0.0:{port} failed" in said and "Address already in use" in said
+    assert run.error.suggestions and run.error.suggestions[0].kind == "port-in-use"
+    # read from nginx's log as it happens, not after the switch's 10 s time limit
+    assert run.step("Health check").duration < 8, run.step("Health check").duration
+    # the proxy serves on, without this app's file
+    proxy = docker_client.containers.get(proxy_module.CONTAINER)
+    assert proxy.status == "running"
+    assert not proxy.exec_run(["nginx", "-T"]).output.decode().count(f"listen {port};")
