@@ -38,6 +38,7 @@ class Bench:
     state: Path | None = None  # PID files and logs of the bench's Prefect server and worker
     port: int = 0  # its server's port
     ports: dict[str, dict[str, int]] = field(default_factory=dict)  # app -> service -> port
+    proxy: bool = True  # apps serve their HTTP services through the server's proxy
 
     def app(self, kind: str, files: dict[str, str] | None = None, example: str = "hello",
             interval: float = 0.05) -> tuple[str, int]:
@@ -56,7 +57,8 @@ class Bench:
 
         spec = yaml.safe_load((source / "app.yaml").read_text())
         local = self.info.host("local")
-        spec.update(name=name, repository=f"{local.git_base_url}{name}.git", server="sandbox-local")
+        spec.update(name=name, repository=f"{local.git_base_url}{name}.git", server="sandbox-local",
+                    proxy=self.proxy)
         for service in spec["services"]:
             service["host_port"] = free_port()
             service.setdefault("health_check", {})["interval"] = interval

@@ -104,6 +104,9 @@ def main() -> None:
     parser.add_argument("--shared-content", action="store_true",
                         help="fresh apps share the example's content (layers already cached)")
     parser.add_argument("--verbose", action="store_true", help="print each run's steps")
+    parser.add_argument("--no-proxy", action="store_true",
+                        help="apps publish their ports themselves (proxy: false): the cost of "
+                             "the zero-downtime switch is the difference")
     args = parser.parse_args()
     global VERBOSE
     VERBOSE = args.verbose
@@ -111,6 +114,7 @@ def main() -> None:
         "first", "nochange", "one", "rollback", "slow-first", "slow-one")}
     traffic: dict[str, list[int]] = {}
     with bench_environment() as bench:
+        bench.proxy = not args.no_proxy
         timed(bench.app("warmup")[0])
         for repeat in range(args.repeats):
             app = fresh_app(bench, "shop", args.shared_content)
@@ -143,7 +147,9 @@ def main() -> None:
     first, slow_first = (statistics.median(rows[k]) for k in ("first", "slow-first"))
     content = "shared (cached layers)" if args.shared_content else "its own (cold layers)"
     print(f"\nshop, {args.repeats} repeats, engine in-process, each first deploy's content: "
-          f"{content}:")
+          f"{content}; HTTP services "
+          + ("published by their containers (proxy: false)" if args.no_proxy else
+             "behind the server's proxy (zero-downtime switch)") + ":")
     print(summary("first deploy", rows["first"]))
     for key, label in (("nochange", "redeploy, no change"), ("one", "redeploy, api changed")):
         print(summary(label, rows[key]) +
