@@ -75,6 +75,9 @@ class ServiceRelease(BaseModel):
     build_reason: str
     container: Literal["replaced", "kept"] | None = None
     container_reason: str | None = None
+    port: Literal["proxy", "direct"] | None = Field(
+        None, description="Who serves the public port: the server's reverse proxy (a replaced "
+                          "container was switched with no downtime) or the container itself.")
 
 
 class Run(BaseModel):

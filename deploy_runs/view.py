@@ -97,13 +97,14 @@ def render_run(run: Run, tail: list[LogLine] | None = None) -> RenderableType:
     parts.append(table)
     if run.services:
         services = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
-        for column in ("service", "image", "build", "container"):
+        for column in ("service", "image", "build", "container", "port"):
             services.add_column(column)
         for release in run.services:
             container = f"{release.container} ({release.container_reason})" \
                 if release.container else "-"
             services.add_row(_text(release.name), _text(release.image),
-                             _text(f"{release.build} ({release.build_reason})"), _text(container))
+                             _text(f"{release.build} ({release.build_reason})"), _text(container),
+                             _text(release.port or "-"))
         parts.append(services)
     if tail:
         parts.append(step_header(tail[-1].step))

@@ -25,6 +25,9 @@ def artifact_key(app: str) -> str:
     return f"deploy-run-{app}"
 
 
+_PORT = {"proxy": "through the proxy (no downtime)", "direct": "published by the container"}
+
+
 def summary_markdown(run: Run) -> str:
     indicator = RUN_INDICATORS[run.status]
     out = [f"## {_EMOJI[indicator.colour]} {markdown_text(run.app)}: {run.status}", ""]
@@ -50,12 +53,12 @@ def summary_markdown(run: Run) -> str:
         out.append(f"| {mark} | {name} | {status} | {_seconds(step.duration)} | "
                    f"{_cell(step.message or '')} |")
     if run.services:
-        out += ["", "| Service | Build | Container |", "|---|---|---|"]
+        out += ["", "| Service | Build | Container | Public port |", "|---|---|---|---|"]
         for s in run.services:
             container = f"{_cell(s.container)} ({_cell(s.container_reason or '')})" \
                 if s.container else "-"
             out.append(f"| {_cell(s.name)} | {_cell(s.build)} ({_cell(s.build_reason)}) | "
-                       f"{container} |")
+                       f"{container} | {_PORT.get(s.port or '', '-')} |")
     error = run.error
     if error:
         out += ["", f"### 🔴 {_cell(error.step)} failed", "", _cell(error.message)]

@@ -145,6 +145,7 @@ def _start_service(ctx: DeployContext, log: StepLog, service: Service,
                                  behind_proxy)
     release = ctx.releases.get(service.name) or ServiceRelease(
         name=service.name, image=image, build="reused", build_reason="unchanged")
+    release = release.model_copy(update={"port": "proxy" if behind_proxy else "direct"})
     current = running.get(name)
     if current is not None and (current.config, current.state) == (config, "running"):
         log.info("%s: image and configuration unchanged; container %s keeps running",

@@ -64,6 +64,8 @@ def test_a_redeploy_behind_the_proxy_drops_no_request(client, make_app, docker_c
     assert second.status is RunStatus.COMPLETED, second.error
     assert {s.name: s.container for s in second.services} == dict.fromkeys(
         ("web", "api", "admin"), "replaced")
+    assert {s.name: s.port for s in second.services} == {
+        "web": "proxy", "api": "proxy", "admin": "direct"}
     for name, old, new in (("web", old_web, new_web), ("api", old_api, new_api)):
         seen = answers[name]
         failed = [a for a in seen if a.body is None]

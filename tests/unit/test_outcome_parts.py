@@ -61,7 +61,10 @@ def test_summary_shows_steps_error_and_suggestions():
     run = Run(id=uuid4(), name="shop-abc1234", app="shop", status=RunStatus.FAILED, steps=steps,
               commit="abc1234def", commit_message="fix", duration=3.2, error=error,
               services=[ServiceRelease(name="web", image="i", build="rebuilt",
-                                       build_reason="first build")])
+                                       build_reason="first build"),
+                        ServiceRelease(name="api", image="j", build="reused",
+                                       build_reason="unchanged", container="replaced",
+                                       container_reason="configuration changed", port="proxy")])
     text = summary_markdown(run)
     assert text.startswith("## 🔴 shop: Failed")
     assert "| 🔴 | Start application | **Failed** | 0.3 s |" in text
@@ -69,7 +72,9 @@ def test_summary_shows_steps_error_and_suggestions():
     assert "Command: `docker run ...` — exit code 125" in text
     assert "Bind \\| failed" not in text and "Bind | failed" in text  # inside a code block
     assert "**Port 80 is in use** `port-in-use` *(seen in 2 of the last 10 runs)*" in text
-    assert "| web | rebuilt (first build) | - |" in text
+    assert "| web | rebuilt (first build) | - | - |" in text
+    assert ("| api | reused (unchanged) | replaced (configuration changed) | through the proxy "
+            "(no downtime) |") in text
 
 
 def test_container_state_in_words():
