@@ -19,6 +19,9 @@ def serve_once(payload: bytes, exchanges: int = 1) -> tuple[int, threading.Threa
         with listener, listener.accept()[0] as conn:
             for _ in range(exchanges):
                 conn.sendall(conn.recv(64) + payload)
+            # the client closes first: a FIN arriving puts the client's socket back into
+            # delayed-ACK mode (Linux's tcp_fin), which raced the check of the last exchange
+            conn.recv(64)
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
