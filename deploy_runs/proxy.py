@@ -135,7 +135,10 @@ if ! flock -w __LOCK_WAIT__ 9; then
 fi
 workers() { __WORKERS__; }
 # files of applications that have no container on this server any more
-apps=$(docker ps --all --filter label=__LABEL__ --format '{{.Label "__LABEL__"}}')
+if ! apps=$(docker ps --all --filter label=__LABEL__ --format '{{.Label "__LABEL__"}}'); then
+  echo "the engine did not list its containers; the proxy is left as it is" >&2
+  rm -f -- "$new"; exit 7
+fi
 for f in "$dir"/app-*.conf; do
   [ -e "$f" ] || continue
   a=${f##*/app-}; a=${a%.conf}
@@ -153,9 +156,15 @@ for p in __PORTS__; do
     fi
   done
 done
-if [ -e "$conf" ]; then cp -f "$conf" "$keep"; else rm -f "$keep"; fi
+if [ -e "$conf" ]; then
+  cp -f "$conf" "$keep" || { rm -f -- "$new"; echo "cannot write in $dir" >&2; exit 4; }
+else
+  rm -f "$keep"
+fi
 restore() { if [ -e "$keep" ]; then mv -f "$keep" "$conf"; else rm -f "$conf"; fi; }
-mv -f "$new" "$conf"
+if ! mv -f "$new" "$conf"; then
+  rm -f -- "$new" "$keep"; echo "cannot write $conf (the proxy's directory)" >&2; exit 4
+fi
 state=$(docker inspect --format '{{.State.Running}}' "$proxy" 2>/dev/null) || state=missing
 old=""
 if [ "$state" = missing ]; then
@@ -206,8 +215,9 @@ printf '__OLD__'; for q in $old; do printf ' %s' "$q"; done; printf '\n'
 
 def apply_script(app: str, image: str, ports: list[int], new_file: str) -> Command:
     """The switch: `new_file` (written at `new_conf_file`) takes effect as the app's file (see
-    the module's docstring). Exit codes: 3 port of another app, 5 refused or not taken by
-    nginx, 6 the proxy could not start, 75 lock not had."""
+    the module's docstring). Exit codes: 3 port of another app, 4 the file could not be
+    written, 5 refused or not taken by nginx, 6 the proxy could not start, 7 the engine did
+    not list its containers, 75 lock not had."""
     values = {
         "__PROXY_DIR__": _proxy_dir(), "__NEW__": shlex.quote(new_file),
         "__APP__": shlex.quote(app),

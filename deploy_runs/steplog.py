@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 
 from prefect import get_run_logger
 from prefect.logging.loggers import PrefectLogAdapter
@@ -47,15 +48,18 @@ class LogBudget:
         self.stored = 0
         self.dropped_lines = 0
         self.dropped_chars = 0
+        self._lock = threading.Lock()
 
     def take(self, chars: int, ends_line: bool = True) -> bool:
-        """Whether output of `chars` characters is stored; if not, it is counted."""
-        if self.dropped_chars == 0 and self.stored + chars <= self.limit:
-            self.stored += chars
-            return True
-        self.dropped_chars += chars
-        self.dropped_lines += ends_line
-        return False
+        """Whether output of `chars` characters is stored; if not, it is counted. (Services
+        worked side by side share the step's budget: one thread at a time.)"""
+        with self._lock:
+            if self.dropped_chars == 0 and self.stored + chars <= self.limit:
+                self.stored += chars
+                return True
+            self.dropped_chars += chars
+            self.dropped_lines += ends_line
+            return False
 
     def reached_message(self) -> str:
         return (f"this step's output has reached its log limit ({self.limit_mb:g} MB, "
@@ -117,11 +121,11 @@ class StepLog:
 
     def info(self, message: str, *args: object) -> None:
         self.flush()
-        self._base.info(message, *args)
+        self._base.info(self.prefix + message, *args)
 
     def warning(self, message: str, *args: object) -> None:
         self.flush()
-        self._base.warning(message, *args)
+        self._base.warning(self.prefix + message, *args)
 
     def command(self, text: str) -> None:
         self.flush()

@@ -7,6 +7,7 @@ log says which), and `host()` / `server` / `releases` are those of the server th
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -52,6 +53,8 @@ class DeployContext:
     deadline: tuple[float, str] | None = None
     _hosts: dict[int, RemoteHost] = field(default_factory=dict, repr=False)
     _releases: dict[int, dict[str, ServiceRelease]] = field(default_factory=dict, repr=False)
+    # services worked side by side share the connection: one thread (re)opens it
+    _host_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -111,18 +114,19 @@ class DeployContext:
     def host(self) -> RemoteHost:
         """The run's SSH connection, opened on first use and reopened if it dropped."""
         self.check_stopped()
-        current = self._hosts.get(self.current)
-        if current is None or not current.is_connected():
-            if current is not None:
-                current.close()
-            host = RemoteHost(self.server_address())
-            host.interrupted = self.stopped
-            host.deadline = self.deadline
-            host.connect()
-            if host.first_seen_key:  # trust on first use (accept_unknown_host_key)
-                host.notes.append(pin_first_seen_key(self.server, host.first_seen_key))
-            self._hosts[self.current] = current = host
-        return current
+        with self._host_lock:
+            current = self._hosts.get(self.current)
+            if current is None or not current.is_connected():
+                if current is not None:
+                    current.close()
+                host = RemoteHost(self.server_address())
+                host.interrupted = self.stopped
+                host.deadline = self.deadline
+                host.connect()
+                if host.first_seen_key:  # trust on first use (accept_unknown_host_key)
+                    host.notes.append(pin_first_seen_key(self.server, host.first_seen_key))
+                self._hosts[self.current] = current = host
+            return current
 
     def start_run_clock(self) -> None:
         limit = self.app.timeouts.run

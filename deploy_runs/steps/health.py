@@ -195,19 +195,30 @@ def _targets(ctx: DeployContext, log: StepLog) -> dict[str, tuple[str, int | Non
     if not any(proxied(ctx, s) for s in ctx.app.services):
         return {service: (name, None) for service, name in names.items()}
     running = current_containers(ctx, log)
+    stopped = [next_name(n) for n in names.values()
+               if next_name(n) in running and running[next_name(n)].state != "running"]
+    if stopped:
+        for name in stopped:
+            ctx.host().run(c.docker_start(name), log)
+        running = current_containers(ctx, log)  # a stopped container lists no ports
     targets: dict[str, tuple[str, int | None]] = {}
     for service in ctx.app.services:
         name = names[service.name]
         if not proxied(ctx, service):
             targets[service.name] = (name, None)
             continue
-        new = running.get(next_name(name))
-        if new is not None and new.state != "running":
-            ctx.host().run(c.docker_start(next_name(name)), log)
-        target = next_name(name) if new is not None else name
-        found = new or running.get(name)
-        targets[service.name] = (target, found.loopback_port(service.container_port)
-                                 if found else None)
+        target = next_name(name) if next_name(name) in running else name
+        found = running.get(target)
+        port = found.loopback_port(service.container_port) if found else None
+        if port is None:
+            raise StepFailed(
+                f"service {service.name}: container {target} "
+                + ("is missing" if found is None else "publishes no loopback port for "
+                   f"container port {service.container_port}")
+                + ", so the proxy has nothing to switch to; deploy again (a retry of this "
+                  "step cannot start what Start application did not leave)",
+                evidence=[f"{n}: {r.state} {r.ports}" for n, r in sorted(running.items())])
+        targets[service.name] = (target, port)
     return targets
 
 

@@ -2,9 +2,11 @@
 over the server's one SSH connection (a channel per command).
 
 Each service's lines go to a log of its own, every line prefixed `[SERVICE] `, so each
-command's output stays whole and in order. The first failure cancels the others (their
-commands are killed on the server) and is raised, naming its service; a Stop kills them all
-(the SSH host's interrupt) and is raised as a Stop.
+command's output stays whole and in order. The first failure cancels the others where their
+work takes the `Cancel` (builds: their commands are killed on the server; health probes:
+they stop probing) and is raised, naming its service; starts, a few short commands each with
+a put-back on failure, are let finish. A Stop kills them all (the SSH host's interrupt) and is
+raised as a Stop.
 """
 
 from __future__ import annotations

@@ -44,7 +44,14 @@ SPEC = StepSpec(
     inputs=lambda app, commit: [
         {**s.model_dump(include={"name", "container_port", "host_port", "env", "memory"}),
          "secrets": app.secrets_digest(s.name)}  # keyed: no guesses
-        for s in app.services])
+        for s in app.services] + _proxy_inputs(app))
+
+
+def _proxy_inputs(app) -> list:
+    """Whether each service is served through the proxy (only when some is: the inputs of
+    apps without it stay as they were)."""
+    behind = [s.name for s in app.services if app.proxy and s.health_check.type == "http"]
+    return [{"proxy": behind}] if behind else []
 RESTART_POLICY = "unless-stopped"
 
 
@@ -77,6 +84,12 @@ class Current:
 
     def loopback_port(self, container_port: int) -> int | None:
         return proxy.loopback_of(self.ports, container_port)
+
+    @property
+    def behind_proxy(self) -> bool:
+        """Published on loopback only (for the proxy), whatever its container port."""
+        found = proxy.published(self.ports)
+        return bool(found) and all(addr == "127.0.0.1" for addr, _, _ in found)
 
 
 def current_containers(ctx: DeployContext, log: StepLog) -> dict[str, Current]:
@@ -147,6 +160,11 @@ def _start_service(ctx: DeployContext, log: StepLog, service: Service,
         name=service.name, image=image, build="reused", build_reason="unchanged")
     release = release.model_copy(update={"port": "proxy" if behind_proxy else "direct"})
     current = running.get(name)
+    if next_name(name) in running:
+        # an earlier run's new container that never took traffic (its health check failed,
+        # or the run stopped before the switch; one that serves was named NAME already)
+        host.run(c.docker_remove_container(next_name(name)), log, check=False)
+        running.pop(next_name(name))
     if current is not None and (current.config, current.state) == (config, "running"):
         log.info("%s: image and configuration unchanged; container %s keeps running",
                  service.name, name)
@@ -172,8 +190,9 @@ def _start_service(ctx: DeployContext, log: StepLog, service: Service,
             update={"container": "replaced", "container_reason": reason})
         outcome[service.name] = "replaced"
         return
-    if current is None or current.loopback_port(service.container_port):
-        routes.release(service.host_port)  # the service was proxied before
+    released = None
+    if current is None or current.behind_proxy:
+        released = routes.release(service.host_port)  # the service was proxied before
     previous = c.previous_name(name)
     if current is not None:
         # A NAME-previous is there if an earlier run's release failed (kept for rolling
@@ -196,6 +215,8 @@ def _start_service(ctx: DeployContext, log: StepLog, service: Service,
             if held:
                 exc.output_tail.append(held)
             raise
+        if released:  # the previous container served through the proxy: so it does again
+            routes.apply({**routes.applied(), **released})
         _put_back(ctx, log, service, exc, [held] if held else [])
     ctx.releases[service.name] = release.model_copy(
         update={"container": "replaced", "container_reason": reason})
@@ -226,7 +247,9 @@ def _finish_interrupted_switches(ctx: DeployContext, log: StepLog, running: dict
     leftover)."""
     if not any(next_name(n) in running for n in running):
         return
-    serving = set(routes.applied().values())
+    applied = routes.applied()
+    serving = set(applied.values())
+    finished = False
     for service in ctx.app.services:
         name = c.container_name(ctx.app.name, service.name)
         new = running.get(next_name(name))
@@ -235,6 +258,11 @@ def _finish_interrupted_switches(ctx: DeployContext, log: StepLog, running: dict
             continue
         log.info("%s: an earlier run switched the proxy to %s and ended before it was named "
                  "%s: finishing that switch", service.name, next_name(name), name)
+        if not finished:
+            # the earlier run may have ended before nginx took the file: it does now, or this
+            # step fails with the old container untouched
+            routes.apply(applied)
+            finished = True
         host = ctx.host()
         if name in running:
             host.run(c.docker_stop(name), log, check=False)
@@ -253,11 +281,8 @@ def _start_beside(ctx: DeployContext, log: StepLog, service: Service, image: str
     host = ctx.host()
     name = c.container_name(ctx.app.name, service.name)
     previous = c.previous_name(name)
-    if current is not None and current.state == "running" and \
-            current.loopback_port(service.container_port):
+    if current is not None and current.state == "running" and current.behind_proxy:
         target = next_name(name)
-        if target in running:  # an earlier run's, never switched to
-            host.run(c.docker_remove_container(target), log, check=False)
         try:
             _run_on_loopback(ctx, log, target, image, service, env_file, labels)
         except CommandFailed as exc:

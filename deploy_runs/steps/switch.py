@@ -50,15 +50,17 @@ class ProxyRoutes:
             self._applied = proxy.parse_app_conf(read.stdout())
         return self._applied
 
-    def release(self, port: int) -> None:
+    def release(self, port: int) -> dict[int, int] | None:
         """Before a container publishes `port` itself: the proxy stops listening on it, if it
-        does for this app (the service was proxied before)."""
+        does for this app (the service was proxied before); the route it had, if any."""
         with self._lock:
             routes = self.applied()
-            if port in routes:
-                self.log.info("the proxy stops serving port %d: the service publishes it "
-                              "itself now", port)
-                self.apply({p: loop for p, loop in routes.items() if p != port})
+            if port not in routes:
+                return None
+            self.log.info("the proxy stops serving port %d: the service publishes it itself "
+                          "now", port)
+            self.apply({p: loop for p, loop in routes.items() if p != port})
+            return {port: routes[port]}
 
     def apply(self, routes: dict[int, int]) -> set[int]:
         """Make the proxy serve `routes` for this app; the process ids of its workers that

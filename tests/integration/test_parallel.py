@@ -68,5 +68,5 @@ def test_a_failing_build_stops_the_others_and_the_failure_names_its_service(clie
     assert time.monotonic() - began < 90
     wait_for(lambda: not server_processes(web), 15, "the web build to be gone from the server")
     lines = step_lines(client, run.id)
-    assert "web: stopped, api failed" in lines, lines
+    assert "[web] web: stopped, api failed" in lines, lines
     assert run.step("Start application").status is StepStatus.SKIPPED

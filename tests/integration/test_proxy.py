@@ -95,6 +95,7 @@ def test_a_new_version_that_fails_its_health_check_never_takes_traffic(client, m
     assert first.status is RunStatus.COMPLETED, first.error
     web = Client(app.address, app.ports["web"])
     wait_for(lambda: web.count() >= 20, 30, "first answers")
+    original = (app.source / "Dockerfile").read_text()
     # version 2 listens on another port than the one the spec names: never healthy
     app.push({"site/index.html": "hello v2\n",
               "Dockerfile": "FROM busybox:latest\nCOPY site/ /www/\n"
@@ -116,9 +117,29 @@ def test_a_new_version_that_fails_its_health_check_never_takes_traffic(client, m
     assert set(versions(seen, old, "hello v2\n")) == {"old"}
     assert http_get(app.url("web"))[1] == old
     # the old container still serves under its name; the new one is kept, stopped
-    state = {c.name: c.status for c in docker_client.containers.list(
-        all=True, filters={"label": f"deploy-runs.app={app.name}"})}
-    assert state == {f"{app.name}-web": "running", f"{app.name}-web-next": "exited"}, state
+    def containers() -> dict[str, str]:
+        return {c.name: c.status for c in docker_client.containers.list(
+            all=True, filters={"label": f"deploy-runs.app={app.name}"})}
+
+    assert containers() == {f"{app.name}-web": "running", f"{app.name}-web-next": "exited"}
+
+    # a retry of the failed step probes the kept new container again (on its own port, not
+    # the public one the old container answers): it fails again, and the old one serves on
+    retried = client.wait(client.retry(second.id).id, timeout=120)
+    assert retried.status is RunStatus.FAILED and retried.error.step == "Health check"
+    assert retried.step("Start application").status is StepStatus.SKIPPED  # reused
+    assert "service web did not become healthy" in retried.error.message
+    assert http_get(app.url("web"))[1] == old
+    assert containers() == {f"{app.name}-web": "running", f"{app.name}-web-next": "exited"}
+
+    # back to version 1 (its image and container unchanged: kept): the leftover new container
+    # goes, and is never switched to
+    app.push({"site/index.html": old, "Dockerfile": original}, "back to version 1")
+    back = client.wait(client.redeploy(app.name).id, timeout=120)
+    assert back.status is RunStatus.COMPLETED, back.error
+    assert {s.name: s.container for s in back.services} == {"web": "kept"}
+    assert http_get(app.url("web"))[1] == old
+    assert containers() == {f"{app.name}-web": "running"}
 
 
 def test_an_app_can_keep_direct_publishing_and_move_behind_the_proxy(client, make_app,

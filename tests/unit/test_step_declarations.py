@@ -38,8 +38,14 @@ def test_every_step_is_declared_and_its_limit_is_a_setting():
 
 
 def test_input_hashes_are_those_recorded_before_the_declarations():
-    hashes = step_inputs(app(), "c1")
+    # an app that does not use the proxy deploys as it did then
+    hashes = step_inputs(app().model_copy(update={"proxy": False}), "c1")
     assert {k: hashes[k] for k in RECORDED} == RECORDED
+    # behind the proxy, Start application works otherwise: a run recorded before is not
+    # reused for it (nor for Health check, whose hash chains after it)
+    proxied = step_inputs(app(), "c1")
+    assert [k for k in RECORDED if proxied[k] != RECORDED[k]] == [
+        "Start application", "Health check"]
 
 
 def test_a_scoped_rule_applies_only_in_the_step_that_declares_it():
