@@ -49,12 +49,13 @@ def wait_cancelled(cancel: Cancel, limit: float = 5) -> None:
 def test_every_item_runs_at_most_parallel_at_once_each_with_its_own_log() -> None:
     lock = threading.Lock()
     now, most, done = [0], [0], []
+    pair = threading.Barrier(2, timeout=5)  # two at once, or this times out
 
     def work(item: str, log: Log, cancel: Cancel) -> None:
         with lock:
             now[0] += 1
             most[0] = max(most[0], now[0])
-        time.sleep(0.05)
+        pair.wait()
         log.info("built %s", item)
         with lock:
             now[0] -= 1
@@ -69,10 +70,11 @@ def test_every_item_runs_at_most_parallel_at_once_each_with_its_own_log() -> Non
 
 def test_the_first_failure_cancels_the_others_and_names_its_service() -> None:
     seen: dict[str, str] = {}
+    begun = threading.Barrier(3, timeout=5)  # every item is running when api fails
 
     def work(item: str, log: Log, cancel: Cancel) -> None:
+        begun.wait()
         if item == "api":
-            time.sleep(0.05)
             raise CommandFailed("docker build ...", 1, ["error: missing semicolon"])
         try:
             wait_cancelled(cancel)
