@@ -34,7 +34,7 @@ def main() -> None:
     from deploy_runs import DeployRuns, RunStatus
     from flows.deploy import run_in_process
 
-    engine, end_to_end, floor, shop_floor, shop_engine = [], [], [], [], []
+    engine, end_to_end, floor, shop_floor, shop_engine, shop_serial = [], [], [], [], [], []
     with bench_environment() as bench:
         local = bench.info.host("local")
         known_hosts = bench.tmp / "known_hosts"
@@ -79,6 +79,13 @@ def main() -> None:
             shop_engine.append(time.perf_counter() - start)
             assert state.is_completed(), state
 
+            name, _ = bench.app("shop1", example="shop", files=own_content(),
+                                build_parallelism=1)
+            start = time.perf_counter()
+            state = run_in_process(name)
+            shop_serial.append(time.perf_counter() - start)
+            assert state.is_completed(), state
+
     print(f"\nFirst deploy of hello, {args.repeats} repeats each (fresh app every time):")
     print(summary("floor: plain shell script over one ssh", floor))
     print(summary("deploy-runs engine (flow run, in-process)", engine))
@@ -89,6 +96,7 @@ def main() -> None:
     print(f"\nFirst deploy of shop (3 services), {args.repeats} repeats each:")
     print(summary("floor: shop's work serially, one ssh session", shop_floor))
     print(summary("deploy-runs engine (services side by side)", shop_engine))
+    print(summary("deploy-runs engine, one build at a time", shop_serial))
     sf, se = statistics.median(shop_floor), statistics.median(shop_engine)
     print(f"engine / serial floor: {se / sf:.2f}x  ({se - sf:+.2f}s; goal: at most 1.0x)")
 

@@ -41,7 +41,7 @@ class Bench:
     proxy: bool = True  # apps serve their HTTP services through the server's proxy
 
     def app(self, kind: str, files: dict[str, str] | None = None, example: str = "hello",
-            interval: float = 0.05) -> tuple[str, int]:
+            interval: float = 0.05, **spec_changes: object) -> tuple[str, int]:
         """A fresh app from an example (files changed or added); returns (name, first port)."""
         from deploy_runs.gitrepo import publish
         from deploy_runs.spec import load_server, parse_spec, register, to_application
@@ -58,7 +58,7 @@ class Bench:
         spec = yaml.safe_load((source / "app.yaml").read_text())
         local = self.info.host("local")
         spec.update(name=name, repository=f"{local.git_base_url}{name}.git", server="sandbox-local",
-                    proxy=self.proxy)
+                    proxy=self.proxy, **spec_changes)
         for service in spec["services"]:
             service["host_port"] = free_port()
             service.setdefault("health_check", {})["interval"] = interval
