@@ -106,12 +106,9 @@ def current_containers(ctx: DeployContext, log: StepLog) -> dict[str, Current]:
 def port_holder(ctx: DeployContext, service: Service, exc: CommandFailed,
                 log: StepLog) -> str | None:
     """When the port is taken: which container publishes it, if one does (evidence)."""
-    if not any("already allocated" in line or "address already in use" in line
-               for line in exc.output_tail):
+    if not _taken(exc):
         return None
-    sink = CollectingSink(log)
-    ctx.host().run(c.docker_publishers(service.host_port), sink, check=False)
-    names = [n for n in sink.stdout().split() if n]
+    names = _publishers(ctx, service.host_port, log)
     return (f"port {service.host_port} is published by container(s): {', '.join(names)}"
             if names else f"port {service.host_port} is not published by any container: "
                           "another process on the server listens on it")
@@ -234,6 +231,13 @@ def container_run(name: str, image: str, service: Service, port: tuple[int | str
         label_values=labels)
 
 
+def _publishers(ctx: DeployContext, port: int, log: StepLog) -> list[str]:
+    """The running containers that publish `port` on the server."""
+    sink = CollectingSink(log)
+    ctx.host().run(c.docker_publishers(port), sink, check=False)
+    return [n for n in sink.stdout().split() if n]
+
+
 def _taken(exc: CommandFailed) -> bool:
     return any("already allocated" in line or "address already in use" in line
                for line in exc.output_tail)
@@ -342,9 +346,7 @@ def public_port_holder(ctx: DeployContext, service: Service, log: StepLog) -> st
         host.open_tcp("127.0.0.1", service.host_port, timeout=2.0).close()
     except Exception:  # refused (free), or no answer: nginx will say if it cannot bind
         return None
-    sink = CollectingSink(log)
-    host.run(c.docker_publishers(service.host_port), sink, check=False)
-    names = [n for n in sink.stdout().split() if n]
+    names = _publishers(ctx, service.host_port, log)
     return (f"container(s) {', '.join(names)}" if names
             else "another process (not a container)")
 
